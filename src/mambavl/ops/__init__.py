@@ -1,0 +1,19 @@
+"""Selective-scan operators (the SSM core of Mamba) with interchangeable backends."""
+
+from .selective_scan import (
+    BACKENDS,
+    is_mamba_ssm_available,
+    mamba_ssm_import_error,
+    selective_scan,
+    selective_scan_reference,
+    selective_scan_torch,
+)
+
+__all__ = [
+    "BACKENDS",
+    "is_mamba_ssm_available",
+    "mamba_ssm_import_error",
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_scan_torch",
+]

@@ -1,0 +1,55 @@
+"""Depthwise causal 1-D convolution with an optional fused CUDA kernel (the ``causal-conv1d`` package)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["causal_conv1d"]
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _causal_conv1d_kernel():
+    """The ``causal_conv1d_fn`` CUDA kernel, or ``None`` when the package is not installed or does not load."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception as error:  # ImportError, or a missing compiled extension
+        logger.info("causal-conv1d unavailable (%s): using torch.nn.functional.conv1d.", error)
+        return None
+    return causal_conv1d_fn
+
+
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = "silu"
+) -> torch.Tensor:
+    """Depthwise causal convolution along the last axis: output ``t`` sees inputs ``t-k+1 .. t`` only.
+
+    Args:
+        x: ``(b, d, l)`` input.
+        weight: ``(d, k)`` one filter per channel.
+        bias: ``(d,)`` or ``None``.
+        activation: ``"silu"`` or ``None``.
+
+    Returns:
+        ``(b, d, l)`` tensor, ``activation(conv(x) + bias)``.
+
+    On CUDA the fused kernel of the ``causal-conv1d`` package (``pip install "mambavl[cuda]"``) is used when it
+    loads; everywhere else ``torch.nn.functional.conv1d`` with left padding.
+    """
+    if activation not in ("silu", None):
+        raise ValueError(f"`activation` must be 'silu' or None, got {activation!r}.")
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"causal_conv1d expects x (b, d, l) and weight (d, k), got x {tuple(x.shape)} and weight "
+            f"{tuple(weight.shape)}."
+        )
+    if x.is_cuda and (kernel := _causal_conv1d_kernel()) is not None:
+        return kernel(x, weight, bias, activation=activation)
+    width = weight.shape[1]
+    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    return F.silu(out) if activation == "silu" else out

@@ -1,0 +1,522 @@
+"""The selective scan of Mamba (S6), with interchangeable backends.
+
+One signature everywhere, with the tensor layouts of mamba-ssm's
+``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``::
+
+    selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto") -> out | (out, last_state)
+
+    u, delta, z : (b, d, l)      A : (d, n)      B, C : (b, n, l)      D, delta_bias : (d,)
+    out : (b, d, l) in u.dtype   last_state : (b, d, n) in the compute dtype
+
+Semantics (exactly mamba-ssm's)::
+
+    delta  = delta + delta_bias[:, None]            (if delta_bias is given)
+    delta  = softplus(delta)                         (if delta_softplus)
+    h_t    = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t          h_0 = 0,  h_t: (b, d, n)
+    y_t    = sum_n C_t * h_t + D * u_t
+    out    = y * silu(z)                             (if z is given)
+
+The compute dtype is the promotion of the floating inputs, with float16 / bfloat16 raised to
+float32 (so bf16 inputs are scanned in float32 and ``last_state`` is float32, as in mamba-ssm).
+
+Backends
+--------
+``"reference"``
+    The recurrence above written as a plain Python loop over time. It is the oracle of the
+    tests; gradients come from autograd through the loop (which keeps every step's
+    intermediates, so its backward memory is O(b*d*l*n)).
+``"torch"``
+    Fast pure PyTorch (any device), with a hand-written backward; see "Algorithm" below.
+``"cuda"``
+    mamba-ssm's fused kernel, imported lazily. If mamba-ssm (or its ``selective_scan_cuda``
+    extension) cannot be imported, or the tensors are not on a CUDA device, it warns once
+    (naming the reason) and runs ``"torch"``.
+``"auto"``
+    ``"cuda"`` when the tensors are on CUDA and mamba-ssm imports, otherwise ``"torch"``.
+
+Algorithm of the ``"torch"`` backend
+------------------------------------
+The sequential recurrence is cheap if every time step is *one* in-place op on a contiguous
+state, and the expensive elementwise work (``exp``, products with ``B``/``C``) is done in
+vectorized passes over cache-sized blocks. So:
+
+Layouts. The ``(b, k, l)`` inputs are copied once to time-major ``(l, b, k)`` (a blocked 2-D
+transpose, O(b*d*l), like the inputs). Chunk tensors are ``(T, b, n, d)``: ``d`` innermost so
+every broadcast is a long vectorized loop, and the state of one step, ``H[i]: (b, n, d)``, is a
+contiguous slice. ``x = T*b`` below.
+
+Forward. Time is cut into chunks of ``T`` steps (``T`` such that one chunk buffer is about
+3 MiB, clamped to [4, 64]: 16 steps at b=2, d=1536, n=16). For each chunk, into two buffers
+allocated once per call and reused:
+
+1. ``dA = exp(dt[:, :, None, :] * A^T)``                        (T, b, n, d), in place
+2. ``H[1:] = (dt*u)[:, :, None, :] * B[..., None]``; ``H[0]`` = state entering the chunk
+3. the recurrence, ``H[i+1] += dA[i] * H[i]``: one ``addcmul_`` per time step;
+4. ``y = C^T H`` as one batched matmul ``(x, 1, n) @ (x, n, d)``;
+5. ``H[T]`` is the state leaving the chunk: kept in ``states[k]`` and moved to ``H[0]``.
+
+Then ``(y + D*u) * silu(z)`` runs once on whole ``(b, d, l)`` tensors. No ``(b, d, l, n)``
+tensor is ever allocated.
+
+Saved for backward: ``u``, the time-major ``dt`` (after bias and softplus), ``B``, ``C``,
+``A``, ``D``, ``z``, the chunk-boundary states ``(ceil(l/T), b, n, d)`` (``1/T`` of the state
+history) and, only when ``z`` needs a gradient, the pre-gate output ``(b, d, l)``. Without any
+input needing a gradient nothing is saved and only the last state is kept.
+
+Backward. A reverse scan over the chunks, last to first. Each chunk's forward is recomputed
+from its saved entering state (steps 1-3: ``dA`` and all states ``H`` of the chunk); with
+``dy`` the gradient reaching the scan output (through the gate; ``D`` and ``z`` get theirs
+from the epilogue):
+
+* the adjoint states ``G_t = dL/dh_t = C_t dy_t + dA_{t+1} G_{t+1}``: ``G = C[..., None] *
+  dy[:, :, None, :]``, then one ``addcmul_`` per step backwards; the carry ``dA_{t0} G_{t0}``
+  goes to the previous chunk (it starts as the gradient of ``last_state``);
+* ``dC_t = H_t dy_t``, ``dB_t = G_t (dt u)_t``, ``s_t = B_t^T G_t``: batched matmuls;
+* ``P = G * H_prev * dA`` (in place in the ``dA`` buffer): the gradient of ``dt * A``; then
+  ``d(dt) = s*u + sum_n P*A``, ``du = s*dt + D*dy``, ``dA += sum_{t,b} P*dt``.
+
+Finally ``d(delta) = d(dt) * sigmoid(delta + delta_bias)`` for softplus, computed as
+``1 - exp(-dt)`` from the saved ``dt``, and ``d(delta_bias)`` sums it over ``(b, l)``.
+
+Cost: about five passes over ``b*d*l*n`` elements forward (``exp`` dominates) and fourteen
+backward (the forward recomputed, ``G``, ``P`` and its two reductions), all on chunks that stay
+in cache, plus O(b*d*l) transposes; so forward+backward is about 3.5x the forward.
+
+Memory: O(b*d*l) tensors the size of the inputs, two chunk buffers ``2*T*b*d*n`` and the
+boundary states ``(l/T)*b*d*n`` in the forward; five chunk buffers in the backward. For
+comparison the autograd of a naive scan keeps several ``b*d*l*n`` tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "BACKENDS",
+    "is_mamba_ssm_available",
+    "mamba_ssm_import_error",
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_scan_torch",
+]
+
+#: Names accepted by ``selective_scan(..., backend=...)``.
+BACKENDS: tuple[str, ...] = ("auto", "cuda", "torch", "reference")
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_TARGET_CHUNK_BYTES = 3 << 20  # ~3 MiB per (T, b, n, d) chunk buffer
+_MIN_CHUNK, _MAX_CHUNK = 4, 64
+
+
+# --------------------------------------------------------------------------------------------
+# mamba-ssm availability
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _import_mamba_ssm():
+    """Return ``(selective_scan_fn, None)`` or ``(None, reason)``; tried once per process."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as exc:  # ImportError, or OSError / RuntimeError from a broken extension
+        return None, f"{type(exc).__name__}: {exc}"
+    return selective_scan_fn, None
+
+
+def is_mamba_ssm_available() -> bool:
+    """Whether mamba-ssm's fused selective scan (and its CUDA extension) can be imported (cached)."""
+    return _import_mamba_ssm()[0] is not None
+
+
+def mamba_ssm_import_error() -> str | None:
+    """Why mamba-ssm could not be imported, or ``None`` if it can."""
+    return _import_mamba_ssm()[1]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_tensor(name, t, shape, expected, optional=False):
+    if t is None:
+        if optional:
+            return
+        raise TypeError(f"selective_scan: {name} is required, got None")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(
+            f"selective_scan: {name} must have a real floating dtype, got {t.dtype} (shape {tuple(t.shape)})"
+        )
+    if tuple(t.shape) != shape:
+        raise ValueError(f"selective_scan: {name} has shape {tuple(t.shape)}, expected {expected} = {shape}")
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias):
+    if not isinstance(u, torch.Tensor):
+        raise TypeError(f"selective_scan: u must be a torch.Tensor, got {type(u).__name__}")
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be 3-D (b, d, l), got shape {tuple(u.shape)}")
+    if not isinstance(A, torch.Tensor):
+        raise TypeError(f"selective_scan: A must be a torch.Tensor, got {type(A).__name__}")
+    if A.dim() != 2:
+        raise ValueError(f"selective_scan: A must be 2-D (d, n), got shape {tuple(A.shape)}")
+    b, d, L = u.shape
+    n = A.shape[1]
+    _check_tensor("u", u, (b, d, L), "(b, d, l)")
+    _check_tensor("delta", delta, (b, d, L), "(b, d, l) like u")
+    _check_tensor("A", A, (d, n), "(d, n) with d from u")
+    _check_tensor("B", B, (b, n, L), "(b, n, l) with b, l from u and n from A")
+    _check_tensor("C", C, (b, n, L), "(b, n, l) with b, l from u and n from A")
+    _check_tensor("D", D, (d,), "(d,)", optional=True)
+    _check_tensor("z", z, (b, d, L), "(b, d, l) like u", optional=True)
+    _check_tensor("delta_bias", delta_bias, (d,), "(d,)", optional=True)
+    device = u.device
+    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias)):
+        if t is not None and t.device != device:
+            raise ValueError(
+                f"selective_scan: {name} is on {t.device} but u is on {device}; all tensors must be on one device"
+            )
+
+
+def _compute_dtype(*tensors) -> torch.dtype:
+    dtype = None
+    for t in tensors:
+        if t is not None:
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+# --------------------------------------------------------------------------------------------
+# reference backend
+# --------------------------------------------------------------------------------------------
+
+
+def selective_scan_reference(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
+    """The recurrence written out step by step (the oracle of the tests). No validation."""
+    dtype, out_dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias), u.dtype
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, length = u.shape
+    h = u.new_zeros(batch, dim, A.shape[1])  # (b, d, n)
+    ys = []
+    for t in range(length):
+        dt = delta[:, :, t, None]  # (b, d, 1)
+        h = torch.exp(dt * A) * h + dt * B[:, None, :, t] * u[:, :, t, None]
+        ys.append((h * C[:, None, :, t]).sum(-1))  # (b, d)
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    y = y.to(out_dtype)
+    return (y, h) if return_last_state else y
+
+
+# --------------------------------------------------------------------------------------------
+# torch backend
+# --------------------------------------------------------------------------------------------
+
+
+def _chunk_size(b: int, d: int, n: int, itemsize: int) -> int:
+    per_step = max(b * d * n * itemsize, 1)
+    return int(min(_MAX_CHUNK, max(_MIN_CHUNK, _TARGET_CHUNK_BYTES // per_step)))
+
+
+def _time_major_dt(delta, delta_bias, delta_softplus):
+    """``softplus(delta + delta_bias)`` (as requested) in time-major ``(l, b, d)`` layout."""
+    dt = _time_major(delta)  # transposing copies are kept apart from arithmetic (faster)
+    if delta_bias is not None:
+        dt.add_(delta_bias)
+    return F.softplus(dt) if delta_softplus else dt
+
+
+def _time_major(t):
+    """(b, k, l) -> a new contiguous (l, b, k) (always a copy: callers may modify it in place).
+
+    Done as one 2-D transpose ``(b*k, l) -> (l, b*k)``, which PyTorch copies in cache blocks;
+    a 3-D permuted copy is up to 10x slower on CPU.
+    """
+    b, k, L = t.shape
+    out = t.new_empty(L, b, k)
+    out.view(L, b * k).copy_(t.reshape(b * k, L).t())
+    return out
+
+
+def _batch_major(t):
+    """(l, b, k) -> a new contiguous (b, k, l) (one 2-D transpose, see :func:`_time_major`)."""
+    L, b, k = t.shape
+    out = t.new_empty(b, k, L)
+    out.view(b * k, L).copy_(t.reshape(L, b * k).t())
+    return out
+
+
+def _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf):
+    """Fill ``dA_buf[:m]`` and the states ``H_buf[1:m+1]`` of steps ``t0:t1``, from ``H_buf[0]``.
+
+    Chunk tensors are ``(m, b, n, d)`` (d innermost, so every broadcast is a vectorized loop over
+    d and every step's state ``H[i]`` is a contiguous ``(b, n, d)`` slice).
+    """
+    m = t1 - t0
+    dA = dA_buf[:m]
+    torch.mul(dt_tm[t0:t1, :, None, :], At, out=dA)
+    dA.exp_()
+    H = H_buf[: m + 1]
+    torch.mul(dtu_tm[t0:t1, :, None, :], B_tm[t0:t1, :, :, None], out=H[1:])
+    for i in range(m):
+        H[i + 1].addcmul_(dA[i], H[i])
+    return dA, H
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    """The ``"torch"`` backend: chunked forward, reverse-scan backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
+        b, d, L = u.shape
+        n = A.shape[1]
+        nchunks = -(-L // chunk)
+        At = A.t().contiguous()  # (n, d)
+        dt_tm = _time_major_dt(delta, delta_bias, delta_softplus)  # (l, b, d)
+        dtu_tm = _time_major(u).mul_(dt_tm)
+        B_tm, C_tm = _time_major(B), _time_major(C)  # (l, b, n)
+        y_tm = u.new_empty(L, b, d)
+        # the state leaving each chunk (only the last one when no backward can follow)
+        need_backward = any(ctx.needs_input_grad)
+        states = u.new_empty(nchunks if need_backward else min(nchunks, 1), b, n, d)
+        T = min(chunk, L)
+        dA_buf = u.new_empty(T, b, n, d)
+        H_buf = u.new_empty(T + 1, b, n, d)
+        H_buf[0].zero_()
+        for k in range(nchunks):
+            t0, t1 = k * chunk, min((k + 1) * chunk, L)
+            m = t1 - t0
+            _, H = _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf)
+            # y_t = C_t^T h_t : (x, 1, n) @ (x, n, d)
+            torch.bmm(C_tm[t0:t1].view(m * b, 1, n), H[1:].view(m * b, n, d), out=y_tm[t0:t1].view(m * b, 1, d))
+            states[k if need_backward else 0].copy_(H[m])
+            H_buf[0].copy_(H[m])
+        del dA_buf, H_buf, dtu_tm
+        y = _batch_major(y_tm)
+        del y_tm
+        if D is not None:
+            y.addcmul_(u, D[:, None])
+        save_y = z is not None and ctx.needs_input_grad[6]
+        if z is None:
+            out = y
+        elif save_y:
+            out = y * F.silu(z)
+        else:
+            out = y.mul_(F.silu(z))
+        last_state = states[-1].transpose(1, 2).contiguous() if nchunks else u.new_zeros(b, d, n)
+        if need_backward:
+            ctx.save_for_backward(u, dt_tm, A, B_tm, C_tm, D, z, states, y if save_y else None)
+        ctx.delta_softplus = delta_softplus
+        ctx.chunk = chunk
+        ctx.set_materialize_grads(False)
+        return out, last_state
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, dt_tm, A, B_tm, C_tm, D, z, states, y = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        b, d, L = u.shape
+        n = A.shape[1]
+        chunk = ctx.chunk
+        nchunks = states.shape[0]
+        du = ddelta = dA = dB = dC = dD = dz = ddelta_bias = None
+
+        # ---- epilogue: out = (y_ssm + D*u) * silu(z); everything time-major (l, b, d) ------
+        u_tm = _time_major(u)
+        if dout is None:
+            dy_tm = u.new_zeros(L, b, d)
+        elif z is not None:
+            sz = torch.sigmoid(z)
+            if need[6]:
+                dz = dout * y * sz * (1 + z * (1 - sz))
+            dy_tm = _time_major(sz.mul_(z).mul_(dout))  # dout * silu(z)
+            del sz
+        else:
+            dy_tm = _time_major(dout)
+        if D is not None and need[5]:
+            dD = (dy_tm * u_tm).sum((0, 1))
+
+        # ---- reverse scan over chunks -----------------------------------------------------
+        At = A.t().contiguous()
+        dtu_tm = dt_tm * u_tm
+        ddt_tm = u.new_empty(L, b, d)
+        du_tm = u.new_empty(L, b, d)
+        dB_tm = u.new_empty(L, b, n)
+        dC_tm = u.new_empty(L, b, n)
+        carry = u.new_zeros(b, n, d)  # gradient flowing into the state leaving the current chunk
+        if dlast is not None:
+            carry.copy_(dlast.transpose(1, 2))
+        T = min(chunk, L)
+        dA_buf = u.new_empty(T, b, n, d)
+        H_buf = u.new_empty(T + 1, b, n, d)
+        G_buf = u.new_empty(T, b, n, d)
+        tmp = u.new_empty(T, b, n, d)
+        s_buf = u.new_empty(T, b, d)
+        dA_acc = u.new_zeros(T, b, n, d) if need[2] else None
+        for k in reversed(range(nchunks)):
+            t0, t1 = k * chunk, min((k + 1) * chunk, L)
+            m = t1 - t0
+            x = m * b
+            if k == 0:
+                H_buf[0].zero_()
+            else:
+                H_buf[0].copy_(states[k - 1])
+            dA_k, H = _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf)
+            # adjoint states G_t = dL/dh_t = C_t dy_t + dA_{t+1} G_{t+1}
+            G = G_buf[:m]
+            torch.mul(C_tm[t0:t1, :, :, None], dy_tm[t0:t1, :, None, :], out=G)
+            G[m - 1].add_(carry)
+            for i in range(m - 2, -1, -1):
+                G[i].addcmul_(dA_k[i + 1], G[i + 1])
+            torch.mul(dA_k[0], G[0], out=carry)
+            Gv = G.view(x, n, d)
+            # dC_t = H_t dy_t ; dB_t = G_t (dt u)_t ; s_t = B_t^T G_t      (batched matmuls)
+            # (written as row-vector @ transposed matrix: several times faster on CPU than (n,d)@(d,1))
+            torch.bmm(dy_tm[t0:t1].view(x, 1, d), H[1:].view(x, n, d).mT, out=dC_tm[t0:t1].view(x, 1, n))
+            torch.bmm(dtu_tm[t0:t1].view(x, 1, d), Gv.mT, out=dB_tm[t0:t1].view(x, 1, n))
+            s = torch.bmm(B_tm[t0:t1].view(x, 1, n), Gv, out=s_buf[:m].view(x, 1, d)).view(m, b, d)
+            # P = G * H_prev * dA = dL/d(dt * A), in place in the dA buffer
+            P = dA_k.mul_(G).mul_(H[:-1])
+            torch.sum(torch.mul(P, At, out=tmp[:m]), dim=2, out=ddt_tm[t0:t1])
+            ddt_tm[t0:t1].addcmul_(s, u_tm[t0:t1])
+            torch.mul(s, dt_tm[t0:t1], out=du_tm[t0:t1])
+            if dA_acc is not None:
+                dA_acc[:m].addcmul_(P, dt_tm[t0:t1, :, None, :])
+        del dA_buf, H_buf, G_buf, tmp
+
+        if need[0]:
+            if D is not None:
+                du_tm.addcmul_(dy_tm, D)
+            du = _batch_major(du_tm)
+        if need[1] or need[7]:
+            if ctx.delta_softplus:  # d softplus(p)/dp = sigmoid(p) = 1 - exp(-softplus(p))
+                ddt_tm.mul_(torch.expm1(dt_tm.neg()).neg_())
+            if need[7]:
+                ddelta_bias = ddt_tm.sum((0, 1))
+            if need[1]:
+                ddelta = _batch_major(ddt_tm)
+        if dA_acc is not None:
+            dA = dA_acc.sum((0, 1)).t().contiguous()
+        if need[3]:
+            dB = _batch_major(dB_tm)
+        if need[4]:
+            dC = _batch_major(dC_tm)
+        return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, None, None
+
+
+def selective_scan_torch(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, chunk_size=None
+):
+    """The ``"torch"`` backend (no validation; use :func:`selective_scan`).
+
+    Same arguments and results as :func:`selective_scan`. ``chunk_size`` overrides the number of
+    time steps per chunk (default on CPU: about 3 MiB of ``(b, n, d)`` states per chunk buffer,
+    clamped to [4, 64]; on CUDA: 64).
+    """
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    out_dtype = u.dtype
+    args = [t if t is None else t.to(dtype) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    b, d, _ = u.shape
+    if chunk_size is None:
+        # CPU: cache-sized chunks. CUDA: long chunks (fewer kernel launches; memory is not the limit).
+        chunk_size = _MAX_CHUNK if u.is_cuda else _chunk_size(b, d, A.shape[1], torch.finfo(dtype).bits // 8)
+    if int(chunk_size) < 1:
+        raise ValueError(f"selective_scan: chunk_size must be >= 1, got {chunk_size}")
+    out, last_state = _SelectiveScanFn.apply(*args, bool(delta_softplus), int(chunk_size))
+    out = out.to(out_dtype)
+    return (out, last_state) if return_last_state else out
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, backend="auto"
+):
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` layouts and semantics.
+
+    Args:
+        u: ``(b, d, l)`` input sequence.
+        delta: ``(b, d, l)`` step sizes (before ``delta_bias`` and softplus).
+        A: ``(d, n)`` state matrix (diagonal per channel; negative in practice).
+        B: ``(b, n, l)`` input projections.
+        C: ``(b, n, l)`` output projections.
+        D: optional ``(d,)`` skip connection.
+        z: optional ``(b, d, l)`` gate; the output is multiplied by ``silu(z)``.
+        delta_bias: optional ``(d,)`` added to ``delta``.
+        delta_softplus: apply softplus to ``delta`` (after adding ``delta_bias``).
+        return_last_state: also return the final state ``(b, d, n)``.
+        backend: one of ``BACKENDS``: ``"auto"`` (default), ``"cuda"``, ``"torch"``, ``"reference"``.
+
+    Returns:
+        ``out`` of shape ``(b, d, l)`` and dtype ``u.dtype``, or ``(out, last_state)`` where
+        ``last_state`` is ``(b, d, n)`` in the compute dtype (float32 for fp16/bf16 inputs).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"selective_scan: unknown backend {backend!r}; expected one of {BACKENDS}")
+    _validate(u, delta, A, B, C, D, z, delta_bias)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    if backend == "auto":
+        backend = "cuda" if u.is_cuda and is_mamba_ssm_available() else "torch"
+    elif backend == "cuda":
+        if not is_mamba_ssm_available():
+            _warn_once(
+                "import",
+                "selective_scan: backend 'cuda' needs mamba-ssm's selective_scan_fn, "
+                f"which could not be imported ({mamba_ssm_import_error()}); "
+                "falling back to the 'torch' backend.",
+            )
+            backend = "torch"
+        elif not u.is_cuda:
+            _warn_once(
+                "device",
+                f"selective_scan: backend 'cuda' needs CUDA tensors, got tensors on "
+                f"{u.device}; falling back to the 'torch' backend.",
+            )
+            backend = "torch"
+
+    if backend == "torch":
+        return selective_scan_torch(*args)
+    if backend == "reference":
+        return selective_scan_reference(*args)
+    selective_scan_fn = _import_mamba_ssm()[0]
+    return selective_scan_fn(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
+        return_last_state=return_last_state,
+    )

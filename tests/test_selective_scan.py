@@ -1,0 +1,405 @@
+"""Tests of ``mambavl.ops.selective_scan``: the ``torch`` backend against the ``reference`` oracle."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mambavl.ops import (
+    BACKENDS,
+    is_mamba_ssm_available,
+    selective_scan,
+    selective_scan_reference,
+    selective_scan_torch,
+)
+
+# the submodule (the package attribute of the same name is the function)
+ss_mod = importlib.import_module("mambavl.ops.selective_scan")
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(b, d, L, n, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    return {
+        "u": r(b, d, L),
+        "delta": r(b, d, L, scale=0.5),
+        "A": (-torch.rand(d, n, generator=g, dtype=torch.float64) * 2 - 0.05).to(dtype),
+        "B": r(b, n, L),
+        "C": r(b, n, L),
+        "D": r(d),
+        "z": r(b, d, L),
+        "delta_bias": r(d, scale=0.5),
+    }
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    den = b.norm()
+    return ((a - b).norm() / den).item() if den > 0 else (a - b).norm().item()
+
+
+def run_case(scan, inputs, use, delta_softplus, return_last_state, seed=1, requires_grad=NAMES):
+    """Forward + backward of a random linear loss; returns the outputs and the input gradients."""
+    leaves = {k: v.clone().requires_grad_(k in requires_grad) for k, v in inputs.items()}
+    kwargs = {k: leaves[k] for k in ("D", "z", "delta_bias") if k in use}
+    res = scan(
+        leaves["u"],
+        leaves["delta"],
+        leaves["A"],
+        leaves["B"],
+        leaves["C"],
+        **kwargs,
+        delta_softplus=delta_softplus,
+        return_last_state=return_last_state,
+    )
+    outs = list(res) if return_last_state else [res]
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+    used = [leaves[k] for k in NAMES if (k in use or k in ("u", "delta", "A", "B", "C")) and k in requires_grad]
+    grads = torch.autograd.grad(loss, used, allow_unused=True)
+    names = [k for k in NAMES if (k in use or k in ("u", "delta", "A", "B", "C")) and k in requires_grad]
+    return outs, dict(zip(names, grads, strict=True))
+
+
+def assert_match(scan_a, scan_b, inputs, use, sp, rls, tol, **kw):
+    outs_a, grads_a = run_case(scan_a, inputs, use, sp, rls, **kw)
+    outs_b, grads_b = run_case(scan_b, inputs, use, sp, rls, **kw)
+    for i, (a, b) in enumerate(zip(outs_a, outs_b, strict=True)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert rel_err(a, b) < tol, f"output {i}: rel err {rel_err(a, b):.3g}"
+    assert grads_a.keys() == grads_b.keys()
+    for k in grads_a:
+        assert grads_a[k] is not None and grads_b[k] is not None, k
+        assert grads_a[k].shape == grads_b[k].shape, k
+        assert rel_err(grads_a[k], grads_b[k]) < tol, f"grad {k}: rel err {rel_err(grads_a[k], grads_b[k]):.3g}"
+
+
+def torch_scan(chunk_size=None):
+    def scan(*args, **kwargs):
+        return selective_scan_torch(*args, **kwargs, chunk_size=chunk_size)
+
+    return scan
+
+
+def reference_scan(*args, **kwargs):
+    return selective_scan(*args, **kwargs, backend="reference")
+
+
+OPTIONS = list(itertools.product([False, True], repeat=5))  # D, z, delta_bias, softplus, last_state
+
+
+def _use(flags):
+    return {k for k, f in zip(("D", "z", "delta_bias"), flags[:3], strict=True) if f}
+
+
+@pytest.mark.parametrize("flags", OPTIONS, ids=lambda f: "".join("DZBSL"[i] if x else "-" for i, x in enumerate(f)))
+@pytest.mark.parametrize(
+    ("shape", "chunk"),
+    [((2, 3, 37, 4), 8), ((1, 1, 1, 1), None), ((1, 4, 9, 1), 4), ((2, 5, 16, 3), None)],
+    ids=["b2d3l37n4-c8", "b1d1l1n1", "b1d4l9n1-c4", "b2d5l16n3"],
+)
+def test_torch_matches_reference_float64(shape, chunk, flags):
+    inputs = make_inputs(*shape)
+    assert_match(torch_scan(chunk), reference_scan, inputs, _use(flags), flags[3], flags[4], 1e-10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    d=st.integers(1, 6),
+    L=st.integers(1, 40),
+    n=st.integers(1, 5),
+    chunk=st.one_of(st.none(), st.integers(1, 17)),
+    flags=st.sampled_from(OPTIONS),
+    seed=st.integers(0, 10**6),
+)
+def test_torch_matches_reference_random_shapes(b, d, L, n, chunk, flags, seed):
+    inputs = make_inputs(b, d, L, n, seed=seed)
+    assert_match(torch_scan(chunk), reference_scan, inputs, _use(flags), flags[3], flags[4], 1e-10)
+
+
+@pytest.mark.parametrize(
+    "flags", [(True, True, True, True, True), (False, False, False, False, False), (True, False, True, True, False)]
+)
+def test_torch_matches_reference_float32(flags):
+    inputs = make_inputs(2, 8, 50, 6, dtype=torch.float32, seed=3)
+    assert_match(torch_scan(16), reference_scan, inputs, _use(flags), flags[3], flags[4], 1e-5)
+
+
+def test_dispatch_torch_backend_default_chunking_long_sequence():
+    # Default chunk size (64 here), l not a multiple of it, through the public entry point.
+    inputs = make_inputs(1, 3, 150, 2, seed=5)
+
+    def scan(*args, **kwargs):
+        return selective_scan(*args, **kwargs, backend="torch")
+
+    assert_match(scan, reference_scan, inputs, {"D", "z", "delta_bias"}, True, True, 1e-10)
+
+
+@pytest.mark.parametrize("subset", [("u",), ("A",), ("delta_bias",), ("B", "C"), ("z", "D"), ("delta",)])
+def test_partial_requires_grad(subset):
+    inputs = make_inputs(2, 3, 20, 4, seed=7)
+    use = {"D", "z", "delta_bias"}
+    assert_match(torch_scan(6), reference_scan, inputs, use, True, False, 1e-10, requires_grad=subset)
+
+
+def test_gradient_through_last_state_only():
+    inputs = make_inputs(2, 3, 19, 4, seed=11)
+    grads = []
+    for scan in (torch_scan(5), reference_scan):
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        _, last = scan(
+            *(leaves[k] for k in NAMES[:5]),
+            D=leaves["D"],
+            delta_bias=leaves["delta_bias"],
+            delta_softplus=True,
+            return_last_state=True,
+        )
+        (last**2).sum().backward()
+        grads.append({k: leaves[k].grad for k in ("u", "delta", "A", "B", "delta_bias")})
+        # C and D do not reach the state
+        for k in ("C", "D"):
+            assert leaves[k].grad is None or leaves[k].grad.abs().max() == 0
+    for k in grads[0]:
+        assert rel_err(grads[0][k], grads[1][k]) < 1e-10, k
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 6, 2), (2, 3, 7, 2)])
+def test_inputs_are_not_modified(shape):
+    # (b = d = 1 makes permuted views contiguous, so a careless .contiguous() would alias inputs)
+    x = make_inputs(*shape, seed=41)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out, last = selective_scan_torch(
+        *(leaves[k] for k in NAMES), delta_softplus=True, return_last_state=True, chunk_size=4
+    )
+    (out.sum() + last.sum()).backward()
+    for k in NAMES:
+        assert torch.equal(leaves[k].detach(), x[k]), k
+
+
+def test_backward_twice_with_retain_graph():
+    x = make_inputs(2, 3, 11, 2, seed=43)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out = selective_scan_torch(*(leaves[k] for k in NAMES), delta_softplus=True, chunk_size=4)
+    out.sum().backward(retain_graph=True)
+    first = {k: leaves[k].grad.clone() for k in NAMES}
+    out.sum().backward()
+    for k in NAMES:
+        torch.testing.assert_close(leaves[k].grad, 2 * first[k])
+
+
+def test_no_grad_forward_matches():
+    x = make_inputs(2, 3, 30, 2, seed=47)
+    with torch.no_grad():
+        out, last = selective_scan_torch(
+            *(x[k] for k in NAMES), delta_softplus=True, return_last_state=True, chunk_size=7
+        )
+    ref, ref_last = selective_scan_reference(*(x[k] for k in NAMES), delta_softplus=True, return_last_state=True)
+    assert rel_err(out, ref) < 1e-12 and rel_err(last, ref_last) < 1e-12
+    assert not out.requires_grad
+
+
+def test_gradcheck_tiny():
+    inputs = make_inputs(2, 2, 5, 3, seed=13)
+    leaves = [inputs[k].clone().requires_grad_() for k in NAMES]
+
+    def f(u, delta, A, B, C, D, z, delta_bias):
+        out, last = selective_scan_torch(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, return_last_state=True, chunk_size=2
+        )
+        return out, last
+
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_reference_matches_closed_form_l1():
+    # One step: h = delta * B * u ; y = sum_n C h + D u ; out = y * silu(z).
+    x = make_inputs(2, 3, 1, 4, seed=17)
+    dt = F.softplus(x["delta"] + x["delta_bias"][:, None])  # (b, d, 1)
+    h = dt[..., 0, None] * x["B"][:, None, :, 0] * x["u"][..., 0, None]  # (b, d, n)
+    y = (h * x["C"][:, None, :, 0]).sum(-1, keepdim=True) + x["D"][:, None] * x["u"]
+    expected = y * F.silu(x["z"])
+    out, last = selective_scan_reference(*(x[k] for k in NAMES), delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(last, h)
+
+
+def test_empty_sequence():
+    x = make_inputs(2, 3, 0, 4)
+    for backend in ("torch", "reference"):
+        out, last = selective_scan(
+            *(x[k] for k in NAMES), delta_softplus=True, return_last_state=True, backend=backend
+        )
+        assert out.shape == (2, 3, 0) and last.shape == (2, 3, 4)
+        assert last.abs().max() == 0
+
+
+def test_non_contiguous_inputs():
+    x = make_inputs(2, 4, 23, 3, seed=19)
+    # the same values behind transposed / sliced storage
+    u = x["u"].transpose(1, 2).contiguous().transpose(1, 2)
+    B = torch.cat([x["B"], x["B"]], dim=1)[:, :3]
+    out = selective_scan(
+        u, x["delta"], x["A"].t().contiguous().t(), B, x["C"], x["D"], x["z"], x["delta_bias"], True, backend="torch"
+    )
+    ref = selective_scan(*(x[k] for k in NAMES), True, backend="reference")
+    assert rel_err(out, ref) < 1e-12
+
+
+def test_bfloat16_inputs():
+    x = make_inputs(2, 8, 40, 4, dtype=torch.float32, seed=23)
+    xb = {k: v.bfloat16() for k, v in x.items()}
+    out32 = selective_scan(*(xb[k].float() for k in NAMES), True, backend="reference")
+    for backend in ("torch", "reference"):
+        out, last = selective_scan(*(xb[k] for k in NAMES), True, True, backend=backend)
+        assert out.dtype == torch.bfloat16
+        assert last.dtype == torch.float32
+        torch.testing.assert_close(out.float(), out32, rtol=2e-2, atol=2e-2)
+    # gradients flow back in bf16
+    leaves = {k: v.clone().requires_grad_() for k, v in xb.items()}
+    selective_scan(*(leaves[k] for k in NAMES), True, backend="torch").float().sum().backward()
+    assert all(leaves[k].grad.dtype == torch.bfloat16 for k in NAMES)
+
+
+def test_mixed_precision_float32_A_with_bf16_activations():
+    x = make_inputs(1, 4, 12, 3, dtype=torch.float32, seed=29)
+    args = [x[k].bfloat16() if k in ("u", "delta", "B", "C", "z") else x[k] for k in NAMES]
+    out, last = selective_scan(*args, True, True, backend="torch")
+    _, ref_last = selective_scan(*args, True, True, backend="reference")
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    assert rel_err(last, ref_last) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------
+
+
+def _args(**overrides):
+    x = make_inputs(2, 3, 5, 4, dtype=torch.float32)
+    x.update(overrides)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("override", "exc", "pattern"),
+    [
+        ({"u": torch.zeros(2, 3)}, ValueError, r"u must be 3-D \(b, d, l\), got shape \(2, 3\)"),
+        ({"delta": torch.zeros(2, 3, 6)}, ValueError, r"delta has shape \(2, 3, 6\), expected .*\(2, 3, 5\)"),
+        ({"A": torch.zeros(3)}, ValueError, r"A must be 2-D \(d, n\), got shape \(3,\)"),
+        ({"A": torch.zeros(4, 4)}, ValueError, r"A has shape \(4, 4\), expected \(d, n\).* = \(3, 4\)"),
+        ({"B": torch.zeros(2, 4, 6)}, ValueError, r"B has shape \(2, 4, 6\), expected \(b, n, l\).*\(2, 4, 5\)"),
+        ({"B": torch.zeros(2, 5, 4)}, ValueError, r"B has shape \(2, 5, 4\)"),
+        ({"C": torch.zeros(1, 4, 5)}, ValueError, r"C has shape \(1, 4, 5\)"),
+        ({"D": torch.zeros(3, 1)}, ValueError, r"D has shape \(3, 1\), expected \(d,\) = \(3,\)"),
+        ({"z": torch.zeros(2, 3, 4)}, ValueError, r"z has shape \(2, 3, 4\)"),
+        ({"delta_bias": torch.zeros(4)}, ValueError, r"delta_bias has shape \(4,\), expected \(d,\) = \(3,\)"),
+        ({"u": torch.zeros(2, 3, 5, dtype=torch.int64)}, TypeError, r"u must have a real floating dtype"),
+        ({"B": torch.zeros(2, 4, 5, dtype=torch.int32)}, TypeError, r"B must have a real floating dtype"),
+        ({"A": torch.zeros(3, 4, dtype=torch.complex64)}, TypeError, r"A must have a real floating dtype"),
+        ({"u": [[1.0]]}, TypeError, r"u must be a torch.Tensor"),
+        ({"C": None}, TypeError, r"C is required"),
+        ({"B": torch.zeros(2, 4, 5, device="meta")}, ValueError, r"B is on meta but u is on cpu"),
+    ],
+)
+def test_validation_errors(override, exc, pattern):
+    x = _args(**override)
+    with pytest.raises(exc, match=pattern):
+        selective_scan(*(x[k] for k in NAMES), backend="torch")
+
+
+def test_unknown_backend():
+    x = _args()
+    with pytest.raises(ValueError, match=r"unknown backend 'triton'.*'auto', 'cuda', 'torch', 'reference'"):
+        selective_scan(*(x[k] for k in NAMES), backend="triton")
+    assert set(BACKENDS) == {"auto", "cuda", "torch", "reference"}
+
+
+# ------------------------------------------------------------------------------------------
+# cuda backend fallback
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(ss_mod, "_warned", set())
+
+
+@pytest.mark.skipif(is_mamba_ssm_available(), reason="mamba-ssm is installed")
+def test_cuda_backend_without_mamba_ssm_warns_once_and_falls_back(fresh_warnings):
+    x = _args()
+    args = [x[k] for k in NAMES]
+    expected = selective_scan(*args, True, backend="torch")
+    with pytest.warns(RuntimeWarning, match=r"backend 'cuda' needs mamba-ssm.*could not be imported \(.*Error"):
+        out = selective_scan(*args, True, backend="cuda")
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out2 = selective_scan(*args, True, backend="cuda")  # second call: silent
+    torch.testing.assert_close(out2, expected, rtol=0, atol=0)
+    assert ss_mod.mamba_ssm_import_error() is not None
+
+
+def test_cuda_backend_with_cpu_tensors_warns_once(fresh_warnings, monkeypatch):
+    calls = []
+
+    def fake_selective_scan_fn(*args, **kwargs):
+        calls.append(1)
+        raise AssertionError("must not be called with CPU tensors")
+
+    monkeypatch.setattr(ss_mod, "_import_mamba_ssm", lambda: (fake_selective_scan_fn, None))
+    x = _args()
+    args = [x[k] for k in NAMES]
+    expected = selective_scan(*args, backend="torch")
+    with pytest.warns(RuntimeWarning, match=r"needs CUDA tensors, got tensors on cpu"):
+        out = selective_scan(*args, backend="cuda")
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        selective_scan(*args, backend="cuda")
+        selective_scan(*args, backend="auto")  # auto on CPU: torch, silently
+    assert not calls
+
+
+def test_auto_on_cpu_is_torch_and_silent():
+    x = _args()
+    args = [x[k] for k in NAMES]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = selective_scan(*args, True, backend="auto")
+    torch.testing.assert_close(out, selective_scan(*args, True, backend="torch"), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_device_torch_backend_matches_reference():
+    x = {k: v.cuda() for k, v in make_inputs(2, 8, 70, 4, seed=31).items()}
+
+    def scan(*args, **kwargs):
+        return selective_scan(*args, **kwargs, backend="torch")
+
+    assert_match(scan, reference_scan, x, {"D", "z", "delta_bias"}, True, True, 1e-10)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and is_mamba_ssm_available()), reason="needs mamba-ssm")
+def test_cuda_backend_matches_torch():
+    x = {k: v.cuda() for k, v in make_inputs(2, 8, 70, 4, dtype=torch.float32, seed=37).items()}
+
+    def scan(*args, **kwargs):
+        return selective_scan(*args, **kwargs, backend="cuda")
+
+    def tscan(*args, **kwargs):
+        return selective_scan(*args, **kwargs, backend="torch")
+
+    assert_match(scan, tscan, x, {"D", "z", "delta_bias"}, True, True, 1e-4)
