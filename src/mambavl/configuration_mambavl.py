@@ -1,0 +1,253 @@
+"""Configuration of MambaVL models."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+__all__ = ["FUSION_SCANS", "FUSION_TYPES", "SSM_BACKENDS", "TEXT_ENCODER_MODES", "MambaVLConfig"]
+
+TEXT_ENCODER_MODES = ("embeddings", "full")
+FUSION_TYPES = ("mamba", "transformer", "mlp")
+FUSION_SCANS = ("separate", "joint")
+SSM_BACKENDS = ("auto", "cuda", "torch", "reference")
+
+# Width of the video tokens assumed when neither `video_config` nor `video_feature_size` is given:
+# a ViT-B video transformer (ORViT, AVION/LaViLa ViT-B), as in the paper.
+DEFAULT_VIDEO_FEATURE_SIZE = 768
+
+
+class MambaVLConfig(PretrainedConfig):
+    r"""Configuration of a MambaVL model (:class:`~mambavl.MambaVLModel` and its heads).
+
+    The defaults are the paper's: fusion width 768, one SSM-Fusion layer with state size 16, expansion 2
+    and a depthwise causal convolution of width 4; a RoBERTa text encoder of which only the embedding
+    layer is used (frozen), followed by a three-layer MLP; precomputed 768-wide video features (a ViT-B
+    video transformer); 97 verb and 300 noun classes (EPIC-KITCHENS-100).
+
+    Args:
+        video_config (`dict` or `PretrainedConfig`, *optional*):
+            Configuration of any `transformers` video model built with ``AutoModel.from_config`` (VideoMAE,
+            TimeSformer, ViViT, ...). Its ``last_hidden_state`` ``(B, F, Dv)`` gives the video tokens. Leave
+            it ``None`` to feed precomputed ``video_features`` instead.
+        video_feature_size (`int`, *optional*):
+            Width ``Dv`` of precomputed ``video_features (B, F, Dv)``. Defaults to the video encoder's
+            ``hidden_size`` when ``video_config`` is set, else to 768.
+        freeze_video_encoder (`bool`, *optional*, defaults to `False`):
+            Keep the video encoder's weights fixed (and the encoder in eval mode).
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Configuration of any `transformers` text model (defaults to RoBERTa-base, as in the paper).
+        text_encoder_mode (`str`, *optional*, defaults to `"embeddings"`):
+            ``"embeddings"``: only the text model's embedding layer is kept and used (the paper);
+            ``"full"``: the whole text model's ``last_hidden_state``.
+        freeze_text_encoder (`bool`, *optional*, defaults to `True`):
+            Keep the text encoder's weights fixed (and the encoder in eval mode); the MLP projection trains.
+        text_projection_hidden_size (`int`, *optional*):
+            Hidden width of the three-layer text MLP (``Linear-ReLU-Linear-ReLU-Linear``). Defaults to
+            ``hidden_size``.
+        hidden_size (`int`, *optional*, defaults to 768):
+            Fusion width ``D`` of video and question tokens.
+        state_size (`int`, *optional*, defaults to 16):
+            SSM state size ``N``.
+        expand (`int`, *optional*, defaults to 2):
+            Expansion of the mixers: the scan runs over ``d_inner = expand * hidden_size`` channels.
+        conv_kernel (`int`, *optional*, defaults to 4):
+            Width of each mixer's depthwise causal convolution.
+        time_step_rank (`int` or `"auto"`, *optional*, defaults to `"auto"`):
+            Rank of the Δ projection; ``"auto"`` is ``ceil(hidden_size / 16)``.
+        time_step_min (`float`, *optional*, defaults to 0.001):
+            Smallest initial step Δ (the ``dt_proj`` bias is initialised so that ``softplus(bias)`` is
+            log-uniform in ``[time_step_min, time_step_max]``).
+        time_step_max (`float`, *optional*, defaults to 0.1):
+            Largest initial step Δ.
+        time_step_floor (`float`, *optional*, defaults to 1e-4):
+            Lower clamp of the initial step Δ.
+        time_step_scale (`float`, *optional*, defaults to 1.0):
+            Scale of the ``dt_proj`` weight initialisation.
+        time_step_init_scheme (`str`, *optional*, defaults to `"random"`):
+            ``"random"`` (uniform) or ``"constant"`` initialisation of the ``dt_proj`` weight.
+        use_conv_bias (`bool`, *optional*, defaults to `True`):
+            Bias in the causal convolutions.
+        use_bias (`bool`, *optional*, defaults to `False`):
+            Bias in the mixers' ``in_proj`` and ``out_proj``.
+        fusion_type (`str`, *optional*, defaults to `"mamba"`):
+            ``"mamba"``: SSM-Fusion (the paper). ``"transformer"`` and ``"mlp"``: the ablation baselines (a pre-norm
+            transformer over ``[video; question]`` tokens, or an MLP over concatenated pooled features), with the
+            same encoders, heads and losses.
+        fusion_transformer_depth (`int`, *optional*, defaults to 6):
+            Layers of the transformer fusion (the paper compares 6x4 and 12x12).
+        fusion_transformer_heads (`int`, *optional*, defaults to 4):
+            Attention heads of the transformer fusion.
+        fusion_mlp_hidden_size (`int`, *optional*):
+            Hidden width of the MLP fusion (defaults to ``2 * hidden_size``).
+        num_fusion_layers (`int`, *optional*, defaults to 1):
+            Number of stacked SSM-Fusion layers (pre-norm residual blocks).
+        fusion_scan (`str`, *optional*, defaults to `"separate"`):
+            ``"separate"``: video and question tokens are scanned separately, coupled only through the shared
+            ``A`` (Algorithm 1 of the paper). ``"joint"``: one scan over ``[video; question]`` so that question
+            tokens read the video's state (each modality still has its own ``B``, ``C`` and ``Δ``).
+        ssm_backend (`str`, *optional*, defaults to `"auto"`):
+            Selective-scan implementation: ``"auto"`` (mamba-ssm's CUDA kernel on CUDA when installed, else the
+            PyTorch scan), ``"cuda"``, ``"torch"`` or ``"reference"`` (see :func:`mambavl.ops.selective_scan`).
+        layer_norm_epsilon (`float`, *optional*, defaults to 1e-5):
+            Epsilon of the RMS norms of the fusion layers.
+        num_verb_classes (`int`, *optional*, defaults to 97):
+            Number of verb classes (EPIC-KITCHENS-100 has 97).
+        num_noun_classes (`int`, *optional*, defaults to 300):
+            Number of noun classes (EPIC-KITCHENS-100 has 300).
+        verb_id2label (`dict[int, str]`, *optional*):
+            Verb class names, used by prediction helpers.
+        noun_id2label (`dict[int, str]`, *optional*):
+            Noun class names, used by prediction helpers.
+        head_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout before the verb and noun heads.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of linear layers outside the mixers.
+
+    Example:
+
+    >>> from mambavl import MambaVLConfig
+    >>> config = MambaVLConfig(hidden_size=64, video_feature_size=32)
+    >>> config.intermediate_size, config.time_step_rank
+    (128, 4)
+    """
+
+    model_type = "mambavl"
+    sub_configs_defaults = {
+        "video_config": SubConfigSpec(config_class=AutoConfig, model_type="videomae", optional=True),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="roberta"),
+    }
+
+    video_config: dict | PretrainedConfig | None = None
+    video_feature_size: int | None = None
+    freeze_video_encoder: bool = False
+    text_config: dict | PretrainedConfig | None = None
+    text_encoder_mode: str = "embeddings"
+    freeze_text_encoder: bool = True
+    text_projection_hidden_size: int | None = None
+    hidden_size: int = 768
+    state_size: int = 16
+    expand: int = 2
+    conv_kernel: int = 4
+    time_step_rank: int | str = "auto"
+    time_step_min: float = 0.001
+    time_step_max: float = 0.1
+    time_step_floor: float = 1e-4
+    time_step_scale: float = 1.0
+    time_step_init_scheme: str = "random"
+    use_conv_bias: bool = True
+    use_bias: bool = False
+    fusion_type: str = "mamba"
+    fusion_transformer_depth: int = 6
+    fusion_transformer_heads: int = 4
+    fusion_mlp_hidden_size: int | None = None
+    num_fusion_layers: int = 1
+    fusion_scan: str = "separate"
+    ssm_backend: str = "auto"
+    layer_norm_epsilon: float = 1e-5
+    num_verb_classes: int = 97
+    num_noun_classes: int = 300
+    verb_id2label: dict[int, str] | None = None
+    noun_id2label: dict[int, str] | None = None
+    head_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self._validate()
+        if self.time_step_rank == "auto":
+            self.time_step_rank = math.ceil(self.hidden_size / 16)
+        if self.fusion_mlp_hidden_size is None:
+            self.fusion_mlp_hidden_size = 2 * self.hidden_size
+        if self.text_projection_hidden_size is None:
+            self.text_projection_hidden_size = self.hidden_size
+        if self.video_feature_size is None:
+            self.video_feature_size = (
+                self.video_config.hidden_size if self.video_config is not None else DEFAULT_VIDEO_FEATURE_SIZE
+            )
+        for name, num in (("verb_id2label", self.num_verb_classes), ("noun_id2label", self.num_noun_classes)):
+            mapping = getattr(self, name)
+            if mapping is None:
+                continue
+            mapping = {int(k): str(v) for k, v in mapping.items()}
+            if sorted(mapping) != list(range(num)):
+                raise ValueError(
+                    f"`{name}` must name every class id 0..{num - 1}, got ids {sorted(mapping)[:10]}"
+                    f"{'...' if len(mapping) > 10 else ''} ({len(mapping)} entries)."
+                )
+            setattr(self, name, mapping)
+
+    @property
+    def intermediate_size(self) -> int:
+        """Width ``d_inner = expand * hidden_size`` of the selective scan."""
+        return self.expand * self.hidden_size
+
+    def _validate(self) -> None:
+        def positive_int(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in options:
+                raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
+
+        def flag(name: str) -> None:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
+
+        for name in (
+            "hidden_size", "state_size", "expand", "conv_kernel", "num_fusion_layers", "fusion_transformer_depth",
+            "fusion_transformer_heads",
+        ):  # fmt: skip
+            positive_int(name)
+        for name in ("num_verb_classes", "num_noun_classes"):
+            positive_int(name)
+        for name in ("video_feature_size", "text_projection_hidden_size", "fusion_mlp_hidden_size"):
+            positive_int(name, allow_none=True)
+        for name in ("freeze_video_encoder", "freeze_text_encoder", "use_conv_bias", "use_bias"):
+            flag(name)
+        choice("text_encoder_mode", TEXT_ENCODER_MODES)
+        choice("fusion_type", FUSION_TYPES)
+        choice("fusion_scan", FUSION_SCANS)
+        choice("ssm_backend", SSM_BACKENDS)
+        choice("time_step_init_scheme", ("random", "constant"))
+        if self.time_step_rank != "auto":
+            positive_int("time_step_rank")
+        if not 0 < self.time_step_min <= self.time_step_max:
+            raise ValueError(
+                "`time_step_min` and `time_step_max` must satisfy 0 < time_step_min <= time_step_max, got "
+                f"time_step_min={self.time_step_min!r}, time_step_max={self.time_step_max!r}."
+            )
+        if not self.time_step_floor > 0:
+            raise ValueError(f"`time_step_floor` must be positive, got {self.time_step_floor!r}.")
+        if self.fusion_type == "transformer" and self.hidden_size % self.fusion_transformer_heads:
+            raise ValueError(
+                f"`fusion_transformer_heads` ({self.fusion_transformer_heads}) must divide `hidden_size` "
+                f"({self.hidden_size})."
+            )
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"`head_dropout` must be in [0, 1), got {self.head_dropout!r}.")
+        if not self.layer_norm_epsilon > 0:
+            raise ValueError(f"`layer_norm_epsilon` must be positive, got {self.layer_norm_epsilon!r}.")
+        if self.video_config is not None and not hasattr(self.video_config, "hidden_size"):
+            raise ValueError(
+                f"`video_config` ({type(self.video_config).__name__}) has no `hidden_size`: MambaVL needs a "
+                "video model whose `last_hidden_state` is a token sequence (VideoMAE, TimeSformer, ViViT, ...)."
+            )
+        if (
+            self.video_config is not None
+            and self.video_feature_size is not None
+            and self.video_feature_size != self.video_config.hidden_size
+        ):
+            raise ValueError(
+                f"`video_feature_size` ({self.video_feature_size}) must equal the video encoder's hidden_size "
+                f"({self.video_config.hidden_size}) when `video_config` is set: precomputed features then come "
+                "from that encoder."
+            )

@@ -1,0 +1,56 @@
+"""What every fusion module returns, and the masked pooling they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+__all__ = ["FusionOutput", "masked_mean"]
+
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the valid tokens of each sequence; padding never counts.
+
+    Args:
+        hidden_states: ``(B, L, D)``.
+        mask: ``(B, L)`` with 1 for valid tokens and 0 for padding, or ``None`` (all valid).
+
+    Returns:
+        ``(B, D)``.
+    """
+    if mask is None:
+        return hidden_states.mean(dim=1)
+    mask = mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+@dataclass
+class FusionOutput(ModelOutput):
+    """Output of a fusion module (``fusion_type`` "mamba", "transformer" or "mlp").
+
+    The heads read ``verb_features`` and ``noun_features``; the token states are ``None`` for fusions that work
+    on pooled features only (MLP).
+
+    Args:
+        verb_features: ``(B, D)`` input of the verb head, e.g. ``pool(y^V) + pool(y^T_verb)``.
+        noun_features: ``(B, D)`` input of the noun head, e.g. ``pool(y^V) + pool(y^T_noun)``.
+        video_hidden_states: ``(B, F, D)`` fused video tokens.
+        verb_question_hidden_states: ``(B, Lv, D)`` fused verb-question tokens.
+        noun_question_hidden_states: ``(B, Ln, D)`` fused noun-question tokens.
+        pooled_video: ``(B, D)`` ``pool(y^V)``.
+        pooled_verb_question: ``(B, D)`` ``pool(y^T_verb)``.
+        pooled_noun_question: ``(B, D)`` ``pool(y^T_noun)``.
+        hidden_states: video tokens ``(B, F, D)`` entering each fusion layer and after the last one, when asked for.
+    """
+
+    verb_features: torch.Tensor | None = None
+    noun_features: torch.Tensor | None = None
+    video_hidden_states: torch.Tensor | None = None
+    verb_question_hidden_states: torch.Tensor | None = None
+    noun_question_hidden_states: torch.Tensor | None = None
+    pooled_video: torch.Tensor | None = None
+    pooled_verb_question: torch.Tensor | None = None
+    pooled_noun_question: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None

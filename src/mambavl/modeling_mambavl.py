@@ -1,0 +1,490 @@
+"""MambaVL models: video encoder + question encoder + SSM-Fusion, with verb and noun heads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_mambavl import MambaVLConfig
+from .fusion import build_fusion
+from .fusion.common import masked_mean
+from .fusion.ssm_fusion import SelectiveMixer, SSMFusion, init_fusion_weights, init_mixer_weights
+
+__all__ = [
+    "MambaVLActionRecognitionOutput",
+    "MambaVLForActionRecognition",
+    "MambaVLModel",
+    "MambaVLModelOutput",
+    "MambaVLPreTrainedModel",
+    "masked_mean",
+]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MambaVLModelOutput(ModelOutput):
+    """Output of :class:`MambaVLModel`.
+
+    Args:
+        video_hidden_states: ``(B, F, D)`` fused video tokens after the last fusion layer (and final norm).
+        verb_question_hidden_states: ``(B, Lv, D)`` fused verb-question tokens.
+        noun_question_hidden_states: ``(B, Ln, D)`` fused noun-question tokens.
+        pooled_video: ``(B, D)`` mean of the video tokens, ``pool(y^V)``.
+        pooled_verb_question: ``(B, D)`` masked mean of the verb-question tokens, ``pool(y^T_verb)``.
+        pooled_noun_question: ``(B, D)`` masked mean of the noun-question tokens, ``pool(y^T_noun)``.
+        verb_features: ``(B, D)`` ``x_verb = pool(y^V) + pool(y^T_verb)``, the verb head's input.
+        noun_features: ``(B, D)`` ``x_noun = pool(y^V) + pool(y^T_noun)``, the noun head's input.
+        hidden_states: with ``output_hidden_states=True``, the video tokens ``(B, F, D)`` entering each fusion
+            layer, then after the last one (``num_fusion_layers + 1`` tensors).
+    """
+
+    video_hidden_states: torch.Tensor | None = None
+    verb_question_hidden_states: torch.Tensor | None = None
+    noun_question_hidden_states: torch.Tensor | None = None
+    pooled_video: torch.Tensor | None = None
+    pooled_verb_question: torch.Tensor | None = None
+    pooled_noun_question: torch.Tensor | None = None
+    verb_features: torch.Tensor | None = None
+    noun_features: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MambaVLActionRecognitionOutput(ModelOutput):
+    """Output of :class:`MambaVLForActionRecognition`.
+
+    Args:
+        loss: scalar, ``verb_loss + noun_loss`` (the terms whose labels were given), when labels are given.
+        verb_loss: scalar cross-entropy of the verb head, when ``verb_labels`` are given.
+        noun_loss: scalar cross-entropy of the noun head, when ``noun_labels`` are given.
+        verb_logits: ``(B, num_verb_classes)``.
+        noun_logits: ``(B, num_noun_classes)``.
+        verb_features: ``(B, D)`` input of the verb head.
+        noun_features: ``(B, D)`` input of the noun head.
+        video_hidden_states: ``(B, F, D)`` fused video tokens.
+        hidden_states: see :class:`MambaVLModelOutput`.
+    """
+
+    loss: torch.Tensor | None = None
+    verb_loss: torch.Tensor | None = None
+    noun_loss: torch.Tensor | None = None
+    verb_logits: torch.Tensor | None = None
+    noun_logits: torch.Tensor | None = None
+    verb_features: torch.Tensor | None = None
+    noun_features: torch.Tensor | None = None
+    video_hidden_states: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def _set_frozen(module: nn.Module, frozen: bool) -> None:
+    """Freeze (or not) a backbone: a frozen one has no trainable weights and always runs in eval mode."""
+    module.requires_grad_(not frozen)
+    module._mambavl_frozen = frozen
+    if frozen:
+        module.eval()
+
+
+def _is_frozen(module: nn.Module | None) -> bool:
+    return module is not None and getattr(module, "_mambavl_frozen", False)
+
+
+class MambaVLTextEncoder(nn.Module):
+    """Question encoder: a `transformers` text model (its embedding layer only, or all of it) and the paper's
+    three-layer MLP projection to the fusion width.
+
+    Args:
+        config: a :class:`~mambavl.MambaVLConfig` (``text_config``, ``text_encoder_mode``, ``freeze_text_encoder``,
+            ``text_projection_hidden_size``, ``hidden_size``).
+    """
+
+    def __init__(self, config: MambaVLConfig):
+        super().__init__()
+        self.mode = config.text_encoder_mode
+        model = AutoModel.from_config(config.text_config)
+        if self.mode == "embeddings":
+            # Keep only the embedding layer (word + position (+ type) embeddings and their norm for BERT-like
+            # models; the input embedding table otherwise), so the unused transformer layers cost nothing.
+            embeddings = getattr(model, "embeddings", None)
+            self.embeddings_take_ids = isinstance(embeddings, nn.Module) and not isinstance(embeddings, nn.Embedding)
+            self.encoder = embeddings if self.embeddings_take_ids else model.get_input_embeddings()
+            # Detached from its PreTrainedModel, the embedding layer's non-persistent buffers (BERT-family
+            # `position_ids`, `token_type_ids`) are (re)initialised by MambaVLPreTrainedModel._init_weights.
+            self.encoder._mambavl_text_embeddings = True
+        else:
+            self.embeddings_take_ids = False
+            self.encoder = model
+        _set_frozen(self.encoder, config.freeze_text_encoder)
+        width, hidden = config.text_config.hidden_size, config.text_projection_hidden_size
+        self.projection = nn.Sequential(
+            nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, config.hidden_size),
+        )  # fmt: skip
+
+    def load_backbone(self, model: PreTrainedModel) -> None:
+        """Copy the weights of a pretrained text model (of ``config.text_config``'s architecture) into the encoder."""
+        if self.mode == "full":
+            source = model
+        elif self.embeddings_take_ids:
+            source = model.embeddings
+        else:
+            source = model.get_input_embeddings()
+        self.encoder.load_state_dict(source.state_dict())
+
+    def train(self, mode: bool = True) -> MambaVLTextEncoder:
+        super().train(mode)
+        if _is_frozen(self.encoder):
+            self.encoder.eval()  # a frozen encoder never uses dropout
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode ``input_ids (B, L)`` to ``(B, L, hidden_size)``."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not _is_frozen(self.encoder)):
+            if self.mode == "full":
+                hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            elif self.embeddings_take_ids:
+                hidden = self.encoder(input_ids=input_ids)
+            else:
+                hidden = self.encoder(input_ids)
+        return self.projection(hidden)
+
+
+class MambaVLPreTrainedModel(PreTrainedModel):
+    """Base class of MambaVL models: weight initialisation, loading and saving (safetensors), and
+    :meth:`from_pretrained_backbones`."""
+
+    config: MambaVLConfig
+    config_class = MambaVLConfig
+    base_model_prefix = "mambavl"
+    main_input_name = "pixel_values"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MambaFusionLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SelectiveMixer):
+            init_mixer_weights(module, self.config)
+        elif isinstance(module, SSMFusion):
+            init_fusion_weights(module)
+        if getattr(module, "_mambavl_text_embeddings", False):
+            if isinstance(position_ids := getattr(module, "position_ids", None), torch.Tensor):
+                init.copy_(position_ids, torch.arange(position_ids.shape[-1]).expand_as(position_ids))
+            if isinstance(token_type_ids := getattr(module, "token_type_ids", None), torch.Tensor):
+                init.zeros_(token_type_ids)
+
+    @classmethod
+    def from_pretrained_backbones(
+        cls,
+        video: str | os.PathLike | PreTrainedModel | None = None,
+        text: str | os.PathLike | PreTrainedModel | None = None,
+        *,
+        backbone_kwargs: dict[str, Any] | None = None,
+        **config_kwargs: Any,
+    ) -> MambaVLPreTrainedModel:
+        """Build a MambaVL model around pretrained video and text backbones.
+
+        Args:
+            video: a local folder or Hub id of a `transformers` video model (loaded with ``AutoModel``), a loaded
+                model, or ``None`` for precomputed features (then pass ``video_feature_size``).
+            text: a local folder or Hub id of a `transformers` text model, or a loaded model. The paper uses
+                RoBERTa; any model with an embedding layer works.
+            backbone_kwargs: keyword arguments for both ``AutoModel.from_pretrained`` calls (e.g.
+                ``local_files_only=True``).
+            **config_kwargs: the other :class:`~mambavl.MambaVLConfig` fields (``hidden_size``, ...).
+
+        Returns:
+            The model, with the backbones' pretrained weights and freshly initialised fusion and heads.
+
+        Example::
+
+            model = MambaVLForActionRecognition.from_pretrained_backbones(
+                video="MCG-NJU/videomae-base", text="FacebookAI/roberta-base", num_verb_classes=97
+            )
+        """
+
+        def load(source: str | os.PathLike | PreTrainedModel | None) -> PreTrainedModel | None:
+            if source is None or isinstance(source, PreTrainedModel):
+                return source
+            return AutoModel.from_pretrained(source, **(backbone_kwargs or {}))
+
+        video_model, text_model = load(video), load(text)
+        if text_model is None and "text_config" not in config_kwargs:
+            raise ValueError(
+                "from_pretrained_backbones needs `text` (a text model path/id or model) or `text_config`."
+            )
+        for name, model in (("video_config", video_model), ("text_config", text_model)):
+            if model is not None:
+                if name in config_kwargs:
+                    raise ValueError(f"Pass either the pretrained backbone or `{name}`, not both.")
+                config_kwargs[name] = model.config
+        model = cls(MambaVLConfig(**config_kwargs))
+        base = model.base_model
+        if video_model is not None:
+            base.video_encoder.load_state_dict(video_model.state_dict())
+        if text_model is not None:
+            base.text_encoder.load_backbone(text_model)
+        return model
+
+
+class MambaVLModel(MambaVLPreTrainedModel):
+    """The MambaVL trunk: video encoder (or precomputed features) + video projection, question encoder + MLP,
+    and ``num_fusion_layers`` SSM-Fusion layers. Returns fused states and pooled features, no heads.
+
+    Args:
+        config: a :class:`~mambavl.MambaVLConfig`.
+
+    Example:
+
+    >>> import torch
+    >>> from transformers import BertConfig
+    >>> from mambavl import MambaVLConfig, MambaVLModel
+    >>> text_config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    ...                          intermediate_size=32)
+    >>> model = MambaVLModel(MambaVLConfig(hidden_size=32, video_feature_size=24, text_config=text_config))
+    >>> out = model(video_features=torch.randn(2, 8, 24), verb_input_ids=torch.randint(0, 100, (2, 5)),
+    ...             noun_input_ids=torch.randint(0, 100, (2, 4)))
+    >>> tuple(out.video_hidden_states.shape), tuple(out.verb_features.shape)
+    ((2, 8, 32), (2, 32))
+    """
+
+    def __init__(self, config: MambaVLConfig):
+        super().__init__(config)
+        self.video_encoder = AutoModel.from_config(config.video_config) if config.video_config is not None else None
+        if self.video_encoder is not None:
+            _set_frozen(self.video_encoder, config.freeze_video_encoder)
+        self.video_projection = nn.Linear(config.video_feature_size, config.hidden_size)
+        self.text_encoder = MambaVLTextEncoder(config)
+        self.fusion = build_fusion(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def train(self, mode: bool = True) -> MambaVLModel:
+        super().train(mode)
+        if _is_frozen(self.video_encoder):
+            self.video_encoder.eval()
+        return self
+
+    def encode_video(
+        self, pixel_values: torch.Tensor | None = None, video_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Video tokens at fusion width.
+
+        Args:
+            pixel_values: ``(B, T, C, H, W)`` frames for the video encoder.
+            video_features: ``(B, F, video_feature_size)`` precomputed tokens (skips the video encoder).
+
+        Returns:
+            ``(B, F, hidden_size)``.
+        """
+        if (pixel_values is None) == (video_features is None):
+            raise ValueError("Pass exactly one of `pixel_values` (B, T, C, H, W) or `video_features` (B, F, Dv).")
+        if pixel_values is not None:
+            if self.video_encoder is None:
+                raise ValueError(
+                    "This model has no video encoder (config.video_config is None): pass precomputed "
+                    f"`video_features` of shape (B, F, {self.config.video_feature_size}) instead of `pixel_values`."
+                )
+            if pixel_values.dim() != 5:
+                raise ValueError(f"`pixel_values` must be (B, T, C, H, W), got shape {tuple(pixel_values.shape)}.")
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not _is_frozen(self.video_encoder)):
+                video_features = self.video_encoder(pixel_values=pixel_values).last_hidden_state
+        elif video_features.dim() != 3 or video_features.shape[-1] != self.config.video_feature_size:
+            raise ValueError(
+                f"`video_features` must be (B, F, {self.config.video_feature_size}), got shape "
+                f"{tuple(video_features.shape)}."
+            )
+        return self.video_projection(video_features)
+
+    def encode_question(
+        self, name: str, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch_size: int
+    ) -> torch.Tensor:
+        """Question tokens at fusion width, ``(B, L, hidden_size)``, after checking ids and mask."""
+        if input_ids is None:
+            raise ValueError(
+                f"`{name}_input_ids` is required: MambaVL fuses the video with a verb and a noun question "
+                "(use MambaVLProcessor, which adds label-free questions when no labels are given)."
+            )
+        if input_ids.dim() != 2 or input_ids.shape[0] != batch_size:
+            raise ValueError(f"`{name}_input_ids` must be (B={batch_size}, L), got shape {tuple(input_ids.shape)}.")
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"`{name}_attention_mask` must have the shape of `{name}_input_ids` {tuple(input_ids.shape)}, "
+                    f"got {tuple(attention_mask.shape)}."
+                )
+            if (attention_mask.sum(dim=1) == 0).any():
+                raise ValueError(f"`{name}_attention_mask` has a row with no valid token.")
+            if (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
+                raise ValueError(
+                    f"`{name}_attention_mask` is left-padded; the causal scan needs right padding "
+                    "(tokenizer.padding_side = 'right')."
+                )
+        return self.text_encoder(input_ids, attention_mask)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
+        verb_input_ids: torch.Tensor | None = None,
+        verb_attention_mask: torch.Tensor | None = None,
+        noun_input_ids: torch.Tensor | None = None,
+        noun_attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MambaVLModelOutput | tuple[torch.Tensor, ...]:
+        """Fuse a video with its verb and noun questions.
+
+        Args:
+            pixel_values: ``(B, T, C, H, W)`` frames (needs ``config.video_config``).
+            video_features: ``(B, F, video_feature_size)`` precomputed video tokens, instead of ``pixel_values``.
+            verb_input_ids: ``(B, Lv)`` token ids of the verb question.
+            verb_attention_mask: ``(B, Lv)``, 1 for tokens and 0 for (right) padding.
+            noun_input_ids: ``(B, Ln)`` token ids of the noun question.
+            noun_attention_mask: ``(B, Ln)``.
+            output_hidden_states: also return the video tokens entering each fusion layer.
+            return_dict: return a :class:`MambaVLModelOutput` (default) rather than a tuple.
+
+        Returns:
+            :class:`MambaVLModelOutput`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        video = self.encode_video(pixel_values, video_features)
+        batch = video.shape[0]
+        verb = self.encode_question("verb", verb_input_ids, verb_attention_mask, batch)
+        noun = self.encode_question("noun", noun_input_ids, noun_attention_mask, batch)
+
+        fused = self.fusion(
+            video, verb, noun, verb_attention_mask, noun_attention_mask, output_hidden_states=bool(output_hidden_states)
+        )
+        output = MambaVLModelOutput(**fused)
+        return output if return_dict else output.to_tuple()
+
+
+def _check_labels(name: str, labels: torch.Tensor, num_classes: int, batch_size: int) -> None:
+    if labels.shape != (batch_size,):
+        raise ValueError(f"`{name}` must have shape (B={batch_size},), got {tuple(labels.shape)}.")
+    invalid = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
+    if invalid.any():
+        raise ValueError(
+            f"`{name}` has values outside [0, {num_classes}) (and not the ignore index {IGNORE_INDEX}): "
+            f"{labels[invalid][:10].tolist()}."
+        )
+
+
+class MambaVLForActionRecognition(MambaVLPreTrainedModel):
+    """MambaVL with verb and noun classification heads (EPIC-KITCHENS-100 action recognition).
+
+    ``verb_logits = Linear(dropout(pool(y^V) + pool(y^T_verb)))`` and
+    ``noun_logits = Linear(dropout(pool(y^V) + pool(y^T_noun)))``; an action is a (verb, noun) pair scored by
+    the product of their probabilities (:meth:`predict_actions`).
+
+    Args:
+        config: a :class:`~mambavl.MambaVLConfig`.
+    """
+
+    def __init__(self, config: MambaVLConfig):
+        super().__init__(config)
+        self.mambavl = MambaVLModel(config)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.verb_head = nn.Linear(config.hidden_size, config.num_verb_classes)
+        self.noun_head = nn.Linear(config.hidden_size, config.num_noun_classes)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
+        verb_input_ids: torch.Tensor | None = None,
+        verb_attention_mask: torch.Tensor | None = None,
+        noun_input_ids: torch.Tensor | None = None,
+        noun_attention_mask: torch.Tensor | None = None,
+        verb_labels: torch.Tensor | None = None,
+        noun_labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MambaVLActionRecognitionOutput | tuple[torch.Tensor, ...]:
+        """Classify the verb and the noun of each clip.
+
+        Args:
+            pixel_values, video_features, verb_input_ids, verb_attention_mask, noun_input_ids,
+                noun_attention_mask, output_hidden_states: as in :meth:`MambaVLModel.forward`.
+            verb_labels: ``(B,)`` verb class ids (``-100`` ignored), for the loss.
+            noun_labels: ``(B,)`` noun class ids (``-100`` ignored), for the loss.
+            return_dict: return a :class:`MambaVLActionRecognitionOutput` (default) rather than a tuple.
+
+        Returns:
+            :class:`MambaVLActionRecognitionOutput` with ``verb_logits (B, num_verb_classes)``,
+            ``noun_logits (B, num_noun_classes)`` and, with labels, ``loss = verb_loss + noun_loss``.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = self.mambavl(
+            pixel_values=pixel_values,
+            video_features=video_features,
+            verb_input_ids=verb_input_ids,
+            verb_attention_mask=verb_attention_mask,
+            noun_input_ids=noun_input_ids,
+            noun_attention_mask=noun_attention_mask,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        verb_logits = self.verb_head(self.dropout(out.verb_features))
+        noun_logits = self.noun_head(self.dropout(out.noun_features))
+        verb_loss = noun_loss = loss = None
+        batch = verb_logits.shape[0]
+        if verb_labels is not None:
+            _check_labels("verb_labels", verb_labels, self.config.num_verb_classes, batch)
+            verb_loss = F.cross_entropy(verb_logits.float(), verb_labels, ignore_index=IGNORE_INDEX)
+        if noun_labels is not None:
+            _check_labels("noun_labels", noun_labels, self.config.num_noun_classes, batch)
+            noun_loss = F.cross_entropy(noun_logits.float(), noun_labels, ignore_index=IGNORE_INDEX)
+        terms = [t for t in (verb_loss, noun_loss) if t is not None]
+        if terms:
+            loss = sum(terms[1:], terms[0])
+        output = MambaVLActionRecognitionOutput(
+            loss=loss,
+            verb_loss=verb_loss,
+            noun_loss=noun_loss,
+            verb_logits=verb_logits,
+            noun_logits=noun_logits,
+            verb_features=out.verb_features,
+            noun_features=out.noun_features,
+            video_hidden_states=out.video_hidden_states,
+            hidden_states=out.hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def predict_actions(self, k: int = 5, **inputs: torch.Tensor) -> list[list[dict[str, Any]]]:
+        """Rank the top-``k`` actions of each clip by ``p(verb) * p(noun)``.
+
+        Args:
+            k: number of (verb, noun) pairs per clip.
+            **inputs: the model inputs (``pixel_values`` or ``video_features`` and the question ids/masks),
+                e.g. the output of :class:`~mambavl.MambaVLProcessor`. Labels are ignored.
+
+        Returns:
+            For each clip, ``k`` dicts ``{"verb_id", "noun_id", "verb", "noun", "score"}`` (names from
+            ``config.verb_id2label`` / ``noun_id2label`` when set, else ``None``), best first.
+        """
+        from .metrics import rank_actions
+
+        inputs = {key: value for key, value in inputs.items() if key not in ("verb_labels", "noun_labels")}
+        out = self(**inputs, return_dict=True)
+        verb_ids, noun_ids, scores = rank_actions(out.verb_logits.float(), out.noun_logits.float(), k=k)
+        verbs, nouns = self.config.verb_id2label or {}, self.config.noun_id2label or {}
+        return [
+            [
+                {"verb_id": v, "noun_id": n, "verb": verbs.get(v), "noun": nouns.get(n), "score": s}
+                for v, n, s in zip(vs, ns, ss, strict=True)
+            ]
+            for vs, ns, ss in zip(verb_ids.tolist(), noun_ids.tolist(), scores.tolist(), strict=True)
+        ]
