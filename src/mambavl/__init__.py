@@ -1,6 +1,6 @@
 """MambaVL: video-language action recognition with Mamba fusion and masked questions."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
+from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification, AutoProcessor
 
 from .configuration_mambavl import MambaVLConfig
 from .modeling_mambavl import (
@@ -11,12 +11,15 @@ from .modeling_mambavl import (
     MambaVLPreTrainedModel,
 )
 from .ops import selective_scan
+from .processing_mambavl import MambaVLProcessor
+from .video_processing_mambavl import MambaVLVideoProcessor
 
 __version__ = "0.1.0"
 
 AutoConfig.register("mambavl", MambaVLConfig, exist_ok=True)
 AutoModel.register(MambaVLConfig, MambaVLModel, exist_ok=True)
 AutoModelForVideoClassification.register(MambaVLConfig, MambaVLForActionRecognition, exist_ok=True)
+AutoProcessor.register(MambaVLConfig, MambaVLProcessor, exist_ok=True)
 
 __all__ = [
     "MambaVLActionRecognitionOutput",
@@ -25,5 +28,7 @@ __all__ = [
     "MambaVLModel",
     "MambaVLModelOutput",
     "MambaVLPreTrainedModel",
+    "MambaVLProcessor",
+    "MambaVLVideoProcessor",
     "selective_scan",
 ]

