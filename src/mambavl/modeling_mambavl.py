@@ -363,7 +363,12 @@ class MambaVLModel(MambaVLPreTrainedModel):
         noun = self.encode_question("noun", noun_input_ids, noun_attention_mask, batch)
 
         fused = self.fusion(
-            video, verb, noun, verb_attention_mask, noun_attention_mask, output_hidden_states=bool(output_hidden_states)
+            video,
+            verb,
+            noun,
+            verb_attention_mask,
+            noun_attention_mask,
+            output_hidden_states=bool(output_hidden_states),
         )
         output = MambaVLModelOutput(**fused)
         return output if return_dict else output.to_tuple()

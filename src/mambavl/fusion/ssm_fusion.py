@@ -23,7 +23,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration_mambavl import MambaVLConfig
