@@ -172,3 +172,14 @@ def test_batch_decode_shows_masked_questions_and_questions_are_right_padded():
     decoded = processor.batch_decode(batch["verb_input_ids"])
     assert decoded[1] == "what?" and "[PAD]" not in decoded[1]
     assert processor.decode(batch["noun_input_ids"][0]) == "what?"
+
+
+def test_per_clip_seeds_make_a_clip_independent_of_its_batch_mates():
+    processor = make_processor(minilm_tokenizer())
+    videos = clips(3)
+    together = processor(videos=videos, verbs=[0, 1, 2], nouns=[0, 1, 2], training=True, seed=[11, 22, 33])
+    alone = processor(videos=videos[1:2], verbs=[1], nouns=[1], training=True, seed=[22])
+    assert torch.equal(together["pixel_values"][1], alone["pixel_values"][0])
+    assert processor.batch_decode(together["verb_input_ids"])[1] == processor.batch_decode(alone["verb_input_ids"])[0]
+    with pytest.raises(ValueError, match="per-clip seeds"):
+        processor(videos=videos, training=True, seed=[1, 2])

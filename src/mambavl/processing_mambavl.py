@@ -88,7 +88,11 @@ class MambaVLProcessor(ProcessorMixin):
         self.question_config["mask_token"] = mask_token
         self.verb_classes = _class_names(verb_classes, "verb_classes")
         self.noun_classes = _class_names(noun_classes, "noun_classes")
-        if isinstance(max_question_length, bool) or not isinstance(max_question_length, int) or max_question_length < 3:
+        if (
+            isinstance(max_question_length, bool)
+            or not isinstance(max_question_length, int)
+            or max_question_length < 3
+        ):
             raise ValueError(f"`max_question_length` must be an integer >= 3, got {max_question_length!r}.")
         self.max_question_length = max_question_length
         tokenizer.padding_side = "right"
@@ -125,7 +129,7 @@ class MambaVLProcessor(ProcessorMixin):
         video_features: Any = None,
         training: bool = False,
         keys: Sequence[str] | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         return_tensors: str = "pt",
         **video_kwargs: Any,
     ) -> BatchFeature:
@@ -144,7 +148,9 @@ class MambaVLProcessor(ProcessorMixin):
             training: training mode: action-aware masked questions and random video augmentation. Otherwise
                 label-free questions and deterministic center crops.
             keys: per clip identifiers (e.g. narration ids) for deterministic question choice.
-            seed: seeds the random choices of this call (question templates, crops), for reproducible training.
+            seed: seeds the random choices of this call (question templates, crops), for reproducible training; a
+                list gives each clip its own seed, so that a clip's questions and crop do not depend on which
+                clips share its batch (e.g. on how many processes split the batch).
             return_tensors: only ``"pt"`` is supported.
             **video_kwargs: overrides for the video processor (``num_frames``, ``crop_size``, ...).
 
@@ -154,7 +160,9 @@ class MambaVLProcessor(ProcessorMixin):
             ``(B, Ln)``, and ``verb_labels``/``noun_labels`` ``(B,)`` when class ids were given.
         """
         if return_tensors != "pt":
-            raise ValueError(f"MambaVLProcessor returns PyTorch tensors only (return_tensors='pt'), got {return_tensors!r}.")
+            raise ValueError(
+                f"MambaVLProcessor returns PyTorch tensors only (return_tensors='pt'), got {return_tensors!r}."
+            )
         if (videos is None) == (video_features is None):
             raise ValueError("Pass exactly one of `videos` or `video_features`.")
         data: dict[str, Any] = {}
@@ -190,13 +198,18 @@ class MambaVLProcessor(ProcessorMixin):
         *,
         training: bool = False,
         keys: Sequence[str] | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> tuple[list[str], list[str]]:
         """The masked (verb questions, noun questions) of a batch, as strings; see :meth:`__call__`."""
         batch = len(verbs)
         if keys is not None and len(keys) != batch:
             raise ValueError(f"`keys` has {len(keys)} entries for a batch of {batch} clips.")
-        rng = random.Random(seed) if seed is not None else None
+        if isinstance(seed, Sequence):
+            if len(seed) != batch:
+                raise ValueError(f"`seed` has {len(seed)} per-clip seeds for a batch of {batch} clips.")
+            rngs = [random.Random(s) for s in seed]
+        else:
+            rngs = [random.Random(seed) if seed is not None else None] * batch
         verb_questions, noun_questions = [], []
         if questions is not None:
             if len(questions) != batch:
@@ -211,7 +224,7 @@ class MambaVLProcessor(ProcessorMixin):
         for i in range(batch):
             verb, noun = (verbs[i], nouns[i]) if training else (None, None)
             key = keys[i] if keys is not None else None
-            vq, nq = self.question_builder.build(verb, noun, train=training, key=key, rng=rng)
+            vq, nq = self.question_builder.build(verb, noun, train=training, key=key, rng=rngs[i])
             verb_questions.append(vq)
             noun_questions.append(nq)
         return verb_questions, noun_questions
@@ -229,7 +242,9 @@ class MambaVLProcessor(ProcessorMixin):
             raise ValueError(f"`{name}` has {len(values)} entries for a batch of {batch} clips.")
         kinds = {type(v) for v in values if v is not None}
         if not kinds <= {int, str} or kinds == {int, str}:
-            raise TypeError(f"`{name}` must hold class ids (int) or names (str), not a mix: got {sorted(map(str, kinds))}.")
+            raise TypeError(
+                f"`{name}` must hold class ids (int) or names (str), not a mix: got {sorted(map(str, kinds))}."
+            )
         if kinds != {int}:
             return values, None
         if classes is not None:

@@ -73,7 +73,7 @@ class MambaVLVideoProcessorKwargs(VideosKwargs, total=False):
     do_random_flip: bool
     flip_probability: float
     interpolation: str
-    seed: int | None
+    seed: int | list[int] | None
     generator: Any
 
 
@@ -288,8 +288,9 @@ class MambaVLVideoProcessor(VideoProcessorMixin):
 
     ``overrides`` are any of the arguments above, for this call only. With
     ``do_train_augmentation=True``, the random draws come from ``generator`` (a CPU
-    ``torch.Generator``), or from a new generator seeded with ``seed``, or else from torch's global
-    generator.
+    ``torch.Generator``), or from a new generator seeded with ``seed`` (a list of seeds gives each clip
+    its own generator, so a clip's augmentation does not depend on its batch mates), or else from
+    torch's global generator.
 
     Example::
 
@@ -417,7 +418,10 @@ class MambaVLVideoProcessor(VideoProcessorMixin):
             raise ValueError(f"`do_train_augmentation` must be a bool, got {do_train_augmentation!r}")
         if generator is not None and seed is not None:
             raise ValueError("pass either `generator` or `seed`, not both")
-        if seed is not None:
+        clip_seeds = None
+        if isinstance(seed, (list, tuple)):
+            clip_seeds = [int(s) for s in seed]  # one generator per clip: a clip's crop ignores its batch mates
+        elif seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         if generator is not None and generator.device.type != "cpu":
             raise ValueError(f"`generator` must be a CPU torch.Generator, got one on {generator.device}")
@@ -426,11 +430,15 @@ class MambaVLVideoProcessor(VideoProcessorMixin):
             raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}")
 
         clips = self._split_clips(videos)
+        if clip_seeds is not None and len(clip_seeds) != len(clips):
+            raise ValueError(f"`seed` has {len(clip_seeds)} per-clip seeds for {len(clips)} clips")
         outputs = []
         for ci, clip in enumerate(clips):
             frames = self._clip_to_tensor(clip, ci, cfg, len(clips) > 1)
             if device is not None:
                 frames = frames.to(device)
+            if clip_seeds is not None:
+                generator = torch.Generator().manual_seed(clip_seeds[ci])
             outputs.append(self._transform_clip(frames, ci, cfg, do_train_augmentation, generator))
 
         shapes = {tuple(o.shape) for o in outputs}
