@@ -6,6 +6,7 @@ from .configuration_mambavl import MambaVLConfig
 from .conv3d_video_encoder import Conv3dVideoConfig, Conv3dVideoModel
 from .modeling_mambavl import (
     MambaVLActionRecognitionOutput,
+    MambaVLForActionAnticipation,
     MambaVLForActionRecognition,
     MambaVLModel,
     MambaVLModelOutput,
@@ -29,6 +30,7 @@ __all__ = [
     "Conv3dVideoModel",
     "MambaVLActionRecognitionOutput",
     "MambaVLConfig",
+    "MambaVLForActionAnticipation",
     "MambaVLForActionRecognition",
     "MambaVLModel",
     "MambaVLModelOutput",

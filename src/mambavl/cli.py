@@ -68,6 +68,24 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("task")
+    group.add_argument(
+        "--task", choices=["recognition", "anticipation"], default="recognition",
+        help="recognition: classify each annotated segment; anticipation (EK100 protocol): from the "
+        "--observation-time seconds that end --anticipation-time seconds before each segment, predict its action "
+        "(metrics: class-mean top-5 recall) (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument("--anticipation-time", type=float, default=1.0, help="τ_a in seconds (default: %(default)s)")
+    group.add_argument("--observation-time", type=float, default=2.0, help="τ_o in seconds (default: %(default)s)")
+
+
+def _model_class(task: str) -> Any:
+    from . import MambaVLForActionAnticipation, MambaVLForActionRecognition
+
+    return MambaVLForActionAnticipation if task == "anticipation" else MambaVLForActionRecognition
+
+
 def _video_source(args: argparse.Namespace) -> Any:
     from .data import FeatureSource, FrameFolderSource, VideoFileSource
 
@@ -79,18 +97,21 @@ def _video_source(args: argparse.Namespace) -> Any:
 
 
 def _dataset(args: argparse.Namespace, annotations: Path, source: Any, training: bool, processor: Any) -> Any:
-    from .data import EK100SegmentDataset, load_annotations
+    from .data import EK100AnticipationDataset, EK100SegmentDataset, load_annotations
 
-    num_frames = getattr(args, "num_frames", None) or processor.video_processor.num_frames
-    return EK100SegmentDataset(
-        load_annotations(annotations),
-        source,
-        num_frames=num_frames,
+    kwargs = dict(
+        num_frames=getattr(args, "num_frames", None) or processor.video_processor.num_frames,
         sampling="random" if training else "center",
         num_views=1 if training else getattr(args, "num_views", 1),
         on_error="skip" if getattr(args, "skip_unreadable", False) else "raise",
         seed=getattr(args, "seed", 0),
     )
+    if args.task == "anticipation":
+        return EK100AnticipationDataset(
+            load_annotations(annotations), source, anticipation_time=args.anticipation_time,
+            observation_time=args.observation_time, **kwargs,
+        )  # fmt: skip
+    return EK100SegmentDataset(load_annotations(annotations), source, **kwargs)
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -121,6 +142,11 @@ def _demo_parser(sub: Any) -> None:
         "--num-videos", type=int, default=64, help="synthetic videos, 6 actions each (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument(
+        "--task", choices=["recognition", "anticipation"], default="recognition",
+        help="anticipation: each action follows a visible preparatory motion, and the model sees the 1.5 s that "
+        "end 1 s before the action (EK100 protocol) (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a tiny run (few clips, 2 epochs) to check the pipeline")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_demo)
@@ -140,16 +166,26 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from . import Conv3dVideoConfig, MambaVLForActionRecognition, MambaVLProcessor, MambaVLVideoProcessor
-    from .data import EK100SegmentDataset, MambaVLCollator, decode_frames, generate_synthetic_dataset
+    from . import Conv3dVideoConfig, MambaVLProcessor, MambaVLVideoProcessor
+    from .data import (
+        EK100AnticipationDataset,
+        EK100SegmentDataset,
+        MambaVLCollator,
+        decode_frames,
+        generate_synthetic_dataset,
+    )
     from .training import TrainingConfig, evaluate, train
 
     start = time.time()
     torch.manual_seed(args.seed)
+    anticipation = args.task == "anticipation"
     out = args.output_dir
     num_videos, epochs = (8, 2) if args.quick else (args.num_videos, args.epochs)
-    print(f"[1/5] synthetic egocentric dataset -> {out / 'data'}")
-    info = generate_synthetic_dataset(out / "data", num_videos=num_videos, seed=args.seed)
+    data_dir = out / ("data-anticipation" if anticipation else "data")
+    print(f"[1/5] synthetic egocentric dataset -> {data_dir}")
+    info = generate_synthetic_dataset(
+        data_dir, num_videos=num_videos, seed=args.seed, preparation_time=1.5 if anticipation else 0.0
+    )
     print(
         f"      {info.num_train_segments} training and {info.num_validation_segments} held-out clips, "
         f"{info.num_verbs} verbs x {info.num_nouns} nouns"
@@ -163,7 +199,8 @@ def run_demo(args: argparse.Namespace) -> int:
         verb_classes=info.verb_names,
         noun_classes=info.noun_names,
     )
-    model = MambaVLForActionRecognition.from_pretrained_backbones(
+    model_class = _model_class(args.task)
+    model = model_class.from_pretrained_backbones(
         text=minilm,
         video_config=Conv3dVideoConfig(channels=[16, 32, 64], hidden_size=64),
         hidden_size=64,
@@ -176,33 +213,46 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"      {trainable:,} trainable parameters (the MiniLM embeddings are frozen)")
 
     source = info.video_source(cache_size=num_videos)  # the decoded videos (~150 MB) stay in memory
-    train_set = EK100SegmentDataset(info.load_annotations("train"), source, num_frames=8, seed=args.seed)
-    held_out = EK100SegmentDataset(info.load_annotations("validation"), source, num_frames=8, sampling="center")
+
+    def dataset(split: str, **kwargs: Any) -> EK100SegmentDataset:
+        if anticipation:
+            return EK100AnticipationDataset(
+                info.load_annotations(split), source, anticipation_time=1.0, observation_time=1.5, num_frames=8,
+                **kwargs,
+            )  # fmt: skip
+        return EK100SegmentDataset(info.load_annotations(split), source, num_frames=8, **kwargs)
+
+    train_set, held_out = dataset("train", seed=args.seed), dataset("validation", sampling="center")
     print(f"[3/5] training for {epochs} epochs on the CPU")
     config = TrainingConfig(
-        output_dir=out / "run", num_epochs=epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        warmup_ratio=0.1, seed=args.seed, save_each_epoch=False, eval_each_epoch=False,
-        resume_from_checkpoint="auto",
+        output_dir=out / ("run-anticipation" if anticipation else "run"), num_epochs=epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_ratio=0.1, seed=args.seed,
+        save_each_epoch=False, eval_each_epoch=False, resume_from_checkpoint="auto", task=args.task,
     )  # fmt: skip
-    result = train(
-        model, train_set, MambaVLCollator(processor, training=True, seed=args.seed), config, processor=processor
-    )
+    collator = MambaVLCollator(processor, training=True, seed=args.seed)
+    result = train(model, train_set, collator, config, processor=processor)
 
     print(f"[4/5] reloading {result.model_dir} with from_pretrained")
-    reloaded = MambaVLForActionRecognition.from_pretrained(result.model_dir).eval()
+    reloaded = model_class.from_pretrained(result.model_dir).eval()
     reloaded_processor = MambaVLProcessor.from_pretrained(result.model_dir)
-    metrics = evaluate(reloaded, held_out, MambaVLCollator(reloaded_processor), batch_size=32, progress_bar=False)
+    metrics = evaluate(
+        reloaded, held_out, MambaVLCollator(reloaded_processor), batch_size=32, progress_bar=False, task="all"
+    )
 
-    print("[5/5] predicting one held-out clip from its MP4 file")
-    row = info.load_annotations("validation")[0]
+    row = held_out.annotations[0]
+    first, last = held_out.segment_bounds(row)
     path = source.path(row["video_id"])
-    frames = decode_frames(path, range(row["start_frame"] - 1, row["stop_frame"]))
-    inputs = reloaded_processor(videos=[frames])
-    best = reloaded.predict_actions(k=3, **inputs)[0]
-    print(f"      {Path(path).name} frames {row['start_frame']}-{row['stop_frame']}: narration {row['narration']!r}")
+    what = "the 1.5 s observed 1 s before" if anticipation else "frames of"
+    print(f"[5/5] predicting from {what} a held-out action, read from its MP4 file")
+    frames = decode_frames(path, range(first - 1, last))
+    best = reloaded.predict_actions(k=3, **reloaded_processor(videos=[frames]))[0]
+    print(f"      {Path(path).name} frames {first}-{last}; the action: {row['narration']!r}")
     for rank, action in enumerate(best, 1):
         print(f"      {rank}. {action['verb']} {action['noun']}  (score {action['score']:.3f})")
     print(f"\nsaved model: {result.model_dir}  ({time.time() - start:.0f} s in all)")
+    if anticipation:
+        print(f"held-out verb / noun / action class-mean top-5 recall: {metrics['verb_recall5']:.1f}% / "
+              f"{metrics['noun_recall5']:.1f}% / {metrics['action_recall5']:.1f}%")  # fmt: skip
     print(f"held-out verb top-1:   {metrics['verb_top1']:.1f}%")
     print(f"held-out noun top-1:   {metrics['noun_top1']:.1f}%")
     print(f"held-out action top-1: {metrics['action_top1']:.1f}%")
@@ -231,6 +281,7 @@ def _train_parser(sub: Any) -> None:
     data.add_argument("--noun-classes", type=Path, required=True, help="EK100 noun class list CSV")
     data.add_argument("--skip-unreadable", action="store_true", help="skip (and log) segments that cannot be read")
     _add_source_arguments(p)
+    _add_task_arguments(p)
     model = p.add_argument_group("model")
     model.add_argument("--model", help="a saved MambaVL folder (model + processor) to fine-tune")
     model.add_argument("--text-backbone", help="text model folder or Hub id (e.g. FacebookAI/roberta-base)")
@@ -260,14 +311,15 @@ def _train_parser(sub: Any) -> None:
 def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
 
-    from . import MambaVLForActionRecognition, MambaVLProcessor, MambaVLVideoProcessor
+    from . import MambaVLProcessor, MambaVLVideoProcessor
     from .data import class_names, instances_by_key, load_class_list
 
+    model_class = _model_class(args.task)
     verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
     if args.model:
         if args.text_backbone or args.video_backbone:
             raise SystemExit("Pass either --model or --text-backbone/--video-backbone, not both.")
-        return MambaVLForActionRecognition.from_pretrained(args.model), MambaVLProcessor.from_pretrained(args.model)
+        return model_class.from_pretrained(args.model), MambaVLProcessor.from_pretrained(args.model)
     if not args.text_backbone:
         raise SystemExit("Pass --model (a saved MambaVL) or --text-backbone (with --video-backbone or features).")
     if args.video_backbone is None and args.features_root is None:
@@ -277,7 +329,7 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
         from .data import FeatureSource
 
         extra["video_feature_size"] = FeatureSource(args.features_root).feature_size()
-    model = MambaVLForActionRecognition.from_pretrained_backbones(
+    model = model_class.from_pretrained_backbones(
         video=args.video_backbone, text=args.text_backbone, hidden_size=args.hidden_size,
         fusion_type=args.fusion_type, num_verb_classes=len(verbs), num_noun_classes=len(nouns),
         verb_id2label=dict(enumerate(class_names(verbs))), noun_id2label=dict(enumerate(class_names(nouns))),
@@ -306,7 +358,7 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         num_workers=args.num_workers, save_steps=args.save_steps, max_steps=args.max_steps, seed=args.seed,
-        resume_from_checkpoint="auto" if args.resume else None,
+        resume_from_checkpoint="auto" if args.resume else None, task=args.task,
     )  # fmt: skip
     result = train(
         model, train_set, MambaVLCollator(processor, training=True, seed=args.seed), config,
@@ -324,11 +376,13 @@ def _evaluate_parser(sub: Any) -> None:
         "evaluate",
         help="verb/noun/action accuracy of a saved model",
         description="Evaluate a saved MambaVL (model + processor folder) on EK100-format annotated segments, with "
-        "label-free questions. Prints verb, noun and action top-1/top-5 and writes them as JSON with --output.",
+        "label-free questions. Prints verb, noun and action top-1/top-5 (anticipation: class-mean top-5 recall) and "
+        "writes them as JSON with --output.",
     )
     p.add_argument("--model", required=True, help="a saved MambaVL folder")
     p.add_argument("--annotations", type=Path, required=True, help="EK100-format CSV with verb_class/noun_class")
     _add_source_arguments(p)
+    _add_task_arguments(p)
     p.add_argument("--num-views", type=int, default=1, help="temporal views averaged per clip (default: 1)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--skip-unreadable", action="store_true")
@@ -338,14 +392,14 @@ def _evaluate_parser(sub: Any) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from . import MambaVLForActionRecognition, MambaVLProcessor
+    from . import MambaVLProcessor
     from .data import MambaVLCollator
     from .training import evaluate
 
-    model = MambaVLForActionRecognition.from_pretrained(args.model).eval()
+    model = _model_class(args.task).from_pretrained(args.model).eval()
     processor = MambaVLProcessor.from_pretrained(args.model)
     dataset = _dataset(args, args.annotations, _video_source(args), False, processor)
-    metrics = evaluate(model, dataset, MambaVLCollator(processor), batch_size=args.batch_size)
+    metrics = evaluate(model, dataset, MambaVLCollator(processor), batch_size=args.batch_size, task=args.task)
     _print_metrics(f"{args.annotations.name}: {metrics['num_samples']} segments", metrics)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

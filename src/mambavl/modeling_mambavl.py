@@ -20,6 +20,7 @@ from .fusion.ssm_fusion import SelectiveMixer, SSMFusion, init_fusion_weights, i
 
 __all__ = [
     "MambaVLActionRecognitionOutput",
+    "MambaVLForActionAnticipation",
     "MambaVLForActionRecognition",
     "MambaVLModel",
     "MambaVLModelOutput",
@@ -493,3 +494,16 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             ]
             for vs, ns, ss in zip(verb_ids.tolist(), noun_ids.tolist(), scores.tolist(), strict=True)
         ]
+
+
+class MambaVLForActionAnticipation(MambaVLForActionRecognition):
+    """MambaVL for action anticipation (EPIC-KITCHENS-100 protocol): the same model, fed the ``observation_time``
+    seconds that end ``anticipation_time`` (1 s) before an action, predicts that upcoming action's verb and noun.
+
+    Inputs, outputs and heads are those of :class:`MambaVLForActionRecognition`; use
+    :class:`~mambavl.data.EK100AnticipationDataset` to sample the observed windows and evaluate with class-mean top-5
+    recall (``mambavl.metrics.anticipation_metrics``, ``task="anticipation"`` in :mod:`mambavl.training`).
+
+    Args:
+        config: a :class:`~mambavl.MambaVLConfig`.
+    """

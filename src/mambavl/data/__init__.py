@@ -4,6 +4,7 @@ PyAV (``pip install "mambavl[video]"``) is needed only to decode or write videos
 when first used.
 """
 
+from .anticipation import EK100AnticipationDataset, observed_window
 from .collator import MambaVLCollator
 from .epic_kitchens import (
     ANNOTATION_COLUMNS,
@@ -57,6 +58,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "VERB_SPECS",
     "ActionClass",
+    "EK100AnticipationDataset",
     "EK100SegmentDataset",
     "FeatureSource",
     "FrameFolderSource",
@@ -79,6 +81,7 @@ __all__ = [
     "load_annotations",
     "load_class_list",
     "load_video_fps",
+    "observed_window",
     "read_frame_folder",
     "read_image",
     "read_video_info",
