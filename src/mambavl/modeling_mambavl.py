@@ -168,7 +168,7 @@ class MambaVLPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MambaFusionLayer"]
+    _no_split_modules = ["MambaFusionLayer", "TransformerFusionLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
