@@ -71,12 +71,20 @@ class SelectiveMixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, config.hidden_size, bias=config.use_bias)
 
     def scan_inputs(self, hidden_states: torch.Tensor) -> ScanInputs:
-        """Project ``hidden_states (b, l, hidden_size)`` to this modality's scan inputs."""
-        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l) each
+        """Project ``hidden_states (b, l, hidden_size)`` to this modality's scan inputs.
+
+        The projections are written straight into the scan layout (channels first, time contiguous), as in
+        mamba-ssm's own mixer, so the CUDA kernels get their inputs without copies.
+        """
+        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))  # (b, 2 * d_inner, l), contiguous
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        x, z = xz.chunk(2, dim=1)
         x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.time_step_rank, self.state_size, self.state_size], -1)
-        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (b, d_inner, l); bias added by the scan
-        return ScanInputs(x, delta, B.transpose(1, 2), C.transpose(1, 2), z)
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, rank + 2N)
+        dt, B, C = x_dbl.split([self.time_step_rank, self.state_size, self.state_size], dim=-1)
+        delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (b, d_inner, l); bias added by the scan
+        return ScanInputs(x, delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), z)
 
     def forward(self, hidden_states: torch.Tensor, A: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """Mix one modality with the given state matrix.

@@ -39,7 +39,8 @@ def causal_conv1d(
         ``(b, d, l)`` tensor, ``activation(conv(x) + bias)``.
 
     On CUDA the fused kernel of the ``causal-conv1d`` package (``pip install "mambavl[cuda]"``) is used when it
-    loads; everywhere else ``torch.nn.functional.conv1d`` with left padding.
+    loads and supports the call (filter widths 2 to 4, time axis contiguous); everywhere else
+    ``torch.nn.functional.conv1d`` with left padding, in ``x``'s dtype.
     """
     if activation not in ("silu", None):
         raise ValueError(f"`activation` must be 'silu' or None, got {activation!r}.")
@@ -48,8 +49,10 @@ def causal_conv1d(
             f"causal_conv1d expects x (b, d, l) and weight (d, k), got x {tuple(x.shape)} and weight "
             f"{tuple(weight.shape)}."
         )
-    if x.is_cuda and (kernel := _causal_conv1d_kernel()) is not None:
-        return kernel(x, weight, bias, activation=activation)
     width = weight.shape[1]
+    if x.is_cuda and 2 <= width <= 4 and x.stride(-1) == 1 and (kernel := _causal_conv1d_kernel()) is not None:
+        return kernel(x, weight, bias, activation=activation)
+    weight = weight.to(x.dtype)  # the kernel takes a float32 filter for bf16 inputs; conv1d needs one dtype
+    bias = bias.to(x.dtype) if bias is not None else None
     out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
     return F.silu(out) if activation == "silu" else out
