@@ -64,7 +64,7 @@ __all__ = [
     "render_clip",
 ]
 
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -481,7 +481,8 @@ def _prep_state(u, rest, hold: bool) -> dict[str, Any]:
     st = _rest_state(u, rest)
     ang = math.radians(rest["approach_deg"])
     dx, dy = math.cos(ang), math.sin(ang)
-    dist = np.full_like(u, 0.24) if hold else 0.8 - 0.56 * _smooth(u)
+    # Inside the frame from the start (so its direction is visible throughout) to beside the object.
+    dist = np.full_like(u, 0.24) if hold else 0.38 - 0.14 * _smooth(u)
     cx, cy = rest["cx"], rest["cy"]
     hx, hy = cx + dist * dx, cy + dist * dy
     st["hands"] = [(hx, hy, np.full_like(u, cx + 1.5 * dx), np.full_like(u, cy + 1.5 * dy))]
