@@ -31,6 +31,8 @@ def test_fusion_ablation_quick(tmp_path):
 
 @pytest.mark.slow
 def test_scan_benchmark_quick(tmp_path):
-    proc = run("scan.py", "--quick", "--repeats", "1", "--out", str(tmp_path))
+    proc = run(
+        "scan.py", "--quick", "--repeats", "1", "--threads", "1", "--impls", "torch,reference", "--out", str(tmp_path)
+    )
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert report and "torch" in proc.stdout

@@ -93,7 +93,7 @@ def _video_source(args: argparse.Namespace) -> Any:
         return VideoFileSource(args.video_root, layout=args.layout, annotation_fps=args.annotation_fps)
     if args.frames_root is not None:
         return FrameFolderSource(args.frames_root, layout=args.layout)
-    return FeatureSource(args.features_root)
+    return FeatureSource(args.features_root, video_fps=args.annotation_fps)
 
 
 def _dataset(args: argparse.Namespace, annotations: Path, source: Any, training: bool, processor: Any) -> Any:

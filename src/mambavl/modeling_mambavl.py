@@ -421,8 +421,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         """Classify the verb and the noun of each clip.
 
         Args:
-            pixel_values, video_features, verb_input_ids, verb_attention_mask, noun_input_ids,
-                noun_attention_mask, output_hidden_states: as in :meth:`MambaVLModel.forward`.
+            pixel_values, video_features, verb_input_ids, verb_attention_mask: as in :meth:`MambaVLModel.forward`.
+            noun_input_ids, noun_attention_mask, output_hidden_states: as in :meth:`MambaVLModel.forward`.
             verb_labels: ``(B,)`` verb class ids (``-100`` ignored), for the loss.
             noun_labels: ``(B,)`` noun class ids (``-100`` ignored), for the loss.
             return_dict: return a :class:`MambaVLActionRecognitionOutput` (default) rather than a tuple.

@@ -41,7 +41,8 @@ class MambaVLProcessor(ProcessorMixin):
         video_processor: a :class:`~mambavl.MambaVLVideoProcessor`.
         tokenizer: a tokenizer with a mask token (RoBERTa ``<mask>``, BERT/MiniLM ``[MASK]``, ...). It must pad on
             the right (the fusion scan is causal); the processor sets ``padding_side="right"``.
-        question_config: a :class:`~mambavl.questions.QuestionBuilder` or its :meth:`to_dict` (templates, question
+        question_config: a :class:`~mambavl.questions.QuestionBuilder` or its
+            :meth:`~mambavl.questions.QuestionBuilder.to_dict` (templates, question
             bank, masking policy, class instances). Its mask token is always the tokenizer's.
         verb_classes: verb class names, index = class id (names are needed to build training questions from
             class ids).

@@ -1,0 +1,151 @@
+"""Fine-tune MambaVL with ``transformers.Trainer`` on an EPIC-KITCHENS-format dataset.
+
+The model is a ``PreTrainedModel`` whose forward takes the batch of :class:`mambavl.data.MambaVLCollator` and returns
+a loss, so ``Trainer`` drives it like any other model. Three things are specific to MambaVL:
+
+* ``remove_unused_columns=False`` (the dataset items are not model inputs; the collator makes them) and
+  ``label_names=["verb_labels", "noun_labels"]`` (two labels, so ``Trainer`` reports an evaluation loss);
+* evaluation batches must get label-free questions: a question built from the clip's own action leaks it, even
+  masked. ``Trainer`` has one ``data_collator``, so :class:`MambaVLTrainer` swaps in the evaluation collator;
+* the collator and the dataset draw their per-clip randomness from the epoch: :class:`SetEpoch` passes it on.
+
+    python examples/finetune_with_trainer.py --help
+    python examples/finetune_with_trainer.py --train-annotations train.csv ... --output-dir runs/trainer
+    accelerate launch --multi_gpu --num_processes 2 examples/finetune_with_trainer.py ...   # several GPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+from mambavl import MambaVLForActionRecognition, MambaVLProcessor, MambaVLVideoProcessor
+from mambavl.data import EK100SegmentDataset, MambaVLCollator, VideoFileSource, class_names, load_class_list
+from mambavl.metrics import recognition_metrics
+
+# Outputs of MambaVLForActionRecognition that are not logits (Trainer collects all outputs but the loss).
+NOT_LOGITS = ["verb_loss", "noun_loss", "verb_features", "noun_features", "video_hidden_states", "hidden_states"]
+
+
+class MambaVLTrainer(Trainer):
+    """A ``Trainer`` whose evaluation batches come from their own collator (label-free questions)."""
+
+    def __init__(self, *args, eval_data_collator, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
+class SetEpoch(TrainerCallback):
+    """Call ``set_epoch`` on the dataset and the collator at the start of every epoch."""
+
+    def __init__(self, *objects):
+        self.objects = objects
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        for obj in self.objects:
+            obj.set_epoch(int(state.epoch or 0))
+
+
+def compute_metrics(eval_prediction) -> dict[str, float]:
+    """Verb, noun and action top-1/top-5 accuracy (percent) from the gathered logits and labels."""
+    verb_logits, noun_logits = eval_prediction.predictions
+    verb_labels, noun_labels = eval_prediction.label_ids
+    return recognition_metrics(verb_logits, noun_logits, verb_labels, noun_labels)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-annotations", required=True, help="EK100-format CSV of the training segments")
+    parser.add_argument("--val-annotations", help="EK100-format CSV evaluated after every epoch")
+    parser.add_argument("--verb-classes", required=True, help="verb class list (EPIC_100_verb_classes.csv format)")
+    parser.add_argument("--noun-classes", required=True, help="noun class list (EPIC_100_noun_classes.csv format)")
+    parser.add_argument("--video-root", required=True, help="folder of the videos")
+    parser.add_argument("--layout", choices=["flat", "ek100"], default="flat", help="video layout (default: flat)")
+    parser.add_argument("--annotation-fps", type=float, help="rate of the annotations' frame numbers (EK100: 60)")
+    parser.add_argument("--video-backbone", required=True, help="transformers video model: folder or Hub id")
+    parser.add_argument("--text-backbone", required=True, help="transformers text model: folder or Hub id")
+    parser.add_argument("--hidden-size", type=int, default=768, help="fusion width (default: 768)")
+    parser.add_argument("--num-frames", type=int, default=16, help="frames per clip (default: 16)")
+    parser.add_argument("--image-size", type=int, default=224, help="crop size in pixels (default: 224)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size per device (default: 8)")
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: epochs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
+    model = MambaVLForActionRecognition.from_pretrained_backbones(
+        video=args.video_backbone,
+        text=args.text_backbone,
+        hidden_size=args.hidden_size,
+        num_verb_classes=len(verbs),
+        num_noun_classes=len(nouns),
+        verb_id2label=dict(enumerate(class_names(verbs))),
+        noun_id2label=dict(enumerate(class_names(nouns))),
+    )
+    processor = MambaVLProcessor(
+        MambaVLVideoProcessor(num_frames=args.num_frames, size=args.image_size, crop_size=args.image_size),
+        AutoTokenizer.from_pretrained(args.text_backbone),
+        verb_classes=class_names(verbs),
+        noun_classes=class_names(nouns),
+    )
+
+    source = VideoFileSource(args.video_root, layout=args.layout, annotation_fps=args.annotation_fps)
+    train_set = EK100SegmentDataset(args.train_annotations, source, num_frames=args.num_frames, sampling="random")
+    val_set = None
+    if args.val_annotations:
+        val_set = EK100SegmentDataset(args.val_annotations, source, num_frames=args.num_frames, sampling="center")
+    train_collator = MambaVLCollator(processor, training=True)
+
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=0.1,  # a fraction of the training steps
+        weight_decay=0.05,
+        lr_scheduler_type="cosine",
+        remove_unused_columns=False,  # the collator turns dataset items into model inputs
+        label_names=["verb_labels", "noun_labels"],
+        eval_strategy="epoch" if val_set is not None else "no",
+        save_strategy="no",  # the final model is saved below, with its processor
+        logging_steps=10,
+        report_to=[],
+    )
+    trainer = MambaVLTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=train_collator,
+        eval_data_collator=MambaVLCollator(processor),
+        compute_metrics=compute_metrics,
+        callbacks=[SetEpoch(train_set, train_collator)],
+    )
+    trainer.train(ignore_keys_for_eval=NOT_LOGITS)
+    metrics = trainer.evaluate(ignore_keys=NOT_LOGITS) if val_set is not None else {}
+    model_dir = f"{args.output_dir}/model"
+    trainer.save_model(model_dir)
+    if trainer.is_world_process_zero():  # print and save once, also when several processes train
+        for name, value in metrics.items():
+            print(f"{name}: {value:.4g}")
+        processor.save_pretrained(model_dir)
+        print(f"model saved to {model_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The documentation: the API reference covers the public API, the intersphinx inventories are current, and the
+Sphinx builds (HTML, and the doctests of the pages and docstrings) pass with warnings as errors, offline."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+
+# Namespaces whose `__all__` the API reference must cover.
+NAMESPACES = (
+    "mambavl",
+    "mambavl.data",
+    "mambavl.training",
+    "mambavl.metrics",
+    "mambavl.questions",
+    "mambavl.ops",
+    "mambavl.fusion",
+    "mambavl.utils",
+)
+# `.. autoclass:: mambavl.X` (reST) or "```{autoclass} mambavl.X" (MyST), and the plain `py:` directives.
+DIRECTIVE = re.compile(r"^\s*(?:\.\. |```\{)(?:auto\w+|py:\w+)(?:::|\})\s+([\w.]+)", re.MULTILINE)
+
+
+def documented_names() -> set[str]:
+    names: set[str] = set()
+    for path in sorted((DOCS / "api").glob("*")):
+        if path.suffix in (".rst", ".md"):
+            names.update(DIRECTIVE.findall(path.read_text(encoding="utf-8")))
+    return {name for name in names if name.startswith("mambavl")}  # (`py:attribute:: skipped` inside a class)
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_every_public_name_is_in_the_api_reference(namespace):
+    module = importlib.import_module(namespace)
+    documented = documented_names()
+    missing = [name for name in module.__all__ if f"{namespace}.{name}" not in documented]
+    assert not missing, (
+        f"{namespace}.__all__ names missing from docs/api/ (add an autodoc directive for each): {missing}"
+    )
+
+
+def test_api_reference_documents_only_existing_objects():
+    for qualified in documented_names():
+        module_name = qualified.rpartition(".")[0]
+        try:  # a module itself, or an attribute (possibly of a class) of the longest importable prefix
+            importlib.import_module(qualified)
+            continue
+        except ImportError:
+            pass
+        parts = qualified.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for part in parts[cut:]:
+                assert hasattr(obj, part), f"docs/api/ documents {qualified}, which does not exist"
+                obj = getattr(obj, part)
+            break
+        else:
+            pytest.fail(f"docs/api/ documents {qualified}: no importable module in {module_name!r}")
+
+
+def test_committed_intersphinx_inventories_match_their_script():
+    spec = importlib.util.spec_from_file_location("make_inventories", DOCS / "_inventories" / "make_inventories.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from sphinx.util.inventory import InventoryFile
+
+    for stem, (project, version, entries) in script.PROJECTS.items():
+        path = DOCS / "_inventories" / f"{stem}.inv"
+        assert path.read_bytes() == script.inventory_bytes(project, version, entries), (
+            f"{path} is stale: run python docs/_inventories/make_inventories.py"
+        )
+        inventory = InventoryFile.loads(path.read_bytes(), uri=script.BASES[stem])
+        assert sum(len(objects) for objects in inventory.data.values()) == len(entries)  # every entry parses back
+    # The base URLs the script joins relative URIs to are the ones conf.py gives intersphinx.
+    conf = (DOCS / "conf.py").read_text()
+    for stem, base in script.BASES.items():
+        assert f'"{stem}": ("{base}", "_inventories/{stem}.inv")' in conf
+
+
+def test_pages_and_guide_files_exist():
+    for page in ("index", "installation", "quickstart", "benchmarks"):
+        assert (DOCS / f"{page}.md").is_file(), page
+    for page in ("concepts/ssm_fusion", "concepts/questions", "guides/finetuning", "guides/trainer",
+                 "guides/epic_kitchens"):  # fmt: skip
+        assert (DOCS / f"{page}.md").is_file(), page
+    for image in ("ssm_fusion.png", "scan_modes.png"):
+        assert (DOCS / "_static" / image).stat().st_size > 10_000, image
+    for result in ("scan_cpu.md", "efficiency.md", "fusion_scaling_cpu.md", "fusion_scaling_cpu.png"):
+        assert (REPO / "benchmarks" / "results" / result).is_file(), f"docs/benchmarks.md includes {result}"
+
+
+def sphinx(builder: str, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [
+        sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", builder,
+        "-d", str(out / "doctrees"), str(DOCS), str(out / builder),
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_sphinx_html_and_doctest_builds_pass_with_warnings_as_errors(tmp_path):
+    html = sphinx("html", tmp_path)
+    assert html.returncode == 0, html.stdout[-3000:] + html.stderr[-5000:]
+    index = (tmp_path / "html" / "index.html").read_text()
+    assert "MambaVL" in index and "ssm_fusion.png" in index
+    api = (tmp_path / "html" / "api" / "models.html").read_text()
+    assert 'id="mambavl.MambaVLForActionRecognition.predict_actions"' in api
+    benchmarks = (tmp_path / "html" / "benchmarks.html").read_text()
+    assert "Selective scan on CPU" in benchmarks and "fusion_scaling_cpu.png" in benchmarks
+
+    doctest = sphinx("doctest", tmp_path)  # reuses the doctrees of the HTML build
+    assert doctest.returncode == 0, doctest.stdout[-5000:] + doctest.stderr[-3000:]
+    report = (tmp_path / "doctest" / "output.txt").read_text()
+    summary = re.search(r"(\d+) tests\s+(\d+) failures? in tests", report)
+    assert summary and int(summary.group(1)) > 50 and int(summary.group(2)) == 0, report[-3000:]
