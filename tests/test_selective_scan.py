@@ -239,11 +239,15 @@ def test_reference_matches_closed_form_l1():
 def test_empty_sequence():
     x = make_inputs(2, 3, 0, 4)
     for backend in ("torch", "reference"):
+        leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
         out, last = selective_scan(
-            *(x[k] for k in NAMES), delta_softplus=True, return_last_state=True, backend=backend
+            *(leaves[k] for k in NAMES), delta_softplus=True, return_last_state=True, backend=backend
         )
         assert out.shape == (2, 3, 0) and last.shape == (2, 3, 4)
         assert last.abs().max() == 0
+        (out.sum() + last.sum()).backward()
+        for k in ("A", "D", "delta_bias"):
+            assert leaves[k].grad is None or leaves[k].grad.abs().max() == 0
 
 
 def test_non_contiguous_inputs():
@@ -371,6 +375,22 @@ def test_cuda_backend_with_cpu_tensors_warns_once(fresh_warnings, monkeypatch):
         selective_scan(*args, backend="cuda")
         selective_scan(*args, backend="auto")  # auto on CPU: torch, silently
     assert not calls
+
+
+def test_cuda_backend_float64_falls_back(fresh_warnings, monkeypatch):
+    # pretend mamba-ssm imports and the tensors are on CUDA: float64 must still go to torch
+    def fake_selective_scan_fn(*args, **kwargs):
+        raise AssertionError("mamba-ssm's kernel has no float64")
+
+    monkeypatch.setattr(ss_mod, "_import_mamba_ssm", lambda: (fake_selective_scan_fn, None))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    x = make_inputs(1, 2, 3, 2)
+    args = [x[k] for k in NAMES]
+    with pytest.warns(RuntimeWarning, match=r"supports float32/float16/bfloat16, got u torch.float64"):
+        selective_scan(*args, backend="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        selective_scan(*args, backend="auto")
 
 
 def test_auto_on_cpu_is_torch_and_silent():

@@ -109,6 +109,7 @@ __all__ = [
 BACKENDS: tuple[str, ...] = ("auto", "cuda", "torch", "reference")
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what mamba-ssm's kernel takes
 _TARGET_CHUNK_BYTES = 3 << 20  # ~3 MiB per (T, b, n, d) chunk buffer
 _MIN_CHUNK, _MAX_CHUNK = 4, 64
 
@@ -248,7 +249,9 @@ def _time_major_dt(delta, delta_bias, delta_softplus):
     dt = _time_major(delta)  # transposing copies are kept apart from arithmetic (faster)
     if delta_bias is not None:
         dt.add_(delta_bias)
-    return F.softplus(dt) if delta_softplus else dt
+    if delta_softplus:  # in place (F.softplus has no in-place form): one fresh (l, b, d) block fewer
+        torch.ops.aten.softplus.out(dt, 1, 20, out=dt)
+    return dt
 
 
 def _time_major(t):
@@ -263,19 +266,20 @@ def _time_major(t):
     return out
 
 
-def _batch_major(t):
-    """(l, b, k) -> a new contiguous (b, k, l) (one 2-D transpose, see :func:`_time_major`)."""
+def _batch_major(t, out=None):
+    """(l, b, k) -> contiguous (b, k, l), new or into ``out`` (one 2-D transpose, see :func:`_time_major`)."""
     L, b, k = t.shape
-    out = t.new_empty(b, k, L)
+    out = t.new_empty(b, k, L) if out is None else out.view(b, k, L)
     out.view(b * k, L).copy_(t.reshape(L, b * k).t())
     return out
 
 
-def _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf):
+def _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf, dA_steps, H_steps):
     """Fill ``dA_buf[:m]`` and the states ``H_buf[1:m+1]`` of steps ``t0:t1``, from ``H_buf[0]``.
 
     Chunk tensors are ``(m, b, n, d)`` (d innermost, so every broadcast is a vectorized loop over
-    d and every step's state ``H[i]`` is a contiguous ``(b, n, d)`` slice).
+    d and every step's state ``H[i]`` is a contiguous ``(b, n, d)`` slice). ``dA_steps`` /
+    ``H_steps`` are the buffers' per-step views, made once per call (indexing in the loop costs).
     """
     m = t1 - t0
     dA = dA_buf[:m]
@@ -284,7 +288,7 @@ def _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf):
     H = H_buf[: m + 1]
     torch.mul(dtu_tm[t0:t1, :, None, :], B_tm[t0:t1, :, :, None], out=H[1:])
     for i in range(m):
-        H[i + 1].addcmul_(dA[i], H[i])
+        H_steps[i + 1].addcmul_(dA_steps[i], H_steps[i])
     return dA, H
 
 
@@ -308,26 +312,32 @@ class _SelectiveScanFn(torch.autograd.Function):
         dA_buf = u.new_empty(T, b, n, d)
         H_buf = u.new_empty(T + 1, b, n, d)
         H_buf[0].zero_()
+        steps = dA_buf.unbind(0), H_buf.unbind(0)
         for k in range(nchunks):
             t0, t1 = k * chunk, min((k + 1) * chunk, L)
             m = t1 - t0
-            _, H = _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf)
+            _, H = _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf, *steps)
             # y_t = C_t^T h_t : (x, 1, n) @ (x, n, d)
             torch.bmm(C_tm[t0:t1].view(m * b, 1, n), H[1:].view(m * b, n, d), out=y_tm[t0:t1].view(m * b, 1, d))
             states[k if need_backward else 0].copy_(H[m])
             H_buf[0].copy_(H[m])
-        del dA_buf, H_buf, dtu_tm
-        y = _batch_major(y_tm)
-        del y_tm
+        del dA_buf, H_buf, steps
+        if not need_backward:
+            del dt_tm, B_tm, C_tm  # lower the peak of inference calls
+        # Fresh (l, b, d)-sized blocks cost page faults on every call (the allocator hands large
+        # blocks back to the OS), so the epilogue reuses the two blocks the loop is done with.
+        y = _batch_major(y_tm, out=dtu_tm)
+        del dtu_tm
         if D is not None:
             y.addcmul_(u, D[:, None])
         save_y = z is not None and ctx.needs_input_grad[6]
         if z is None:
             out = y
-        elif save_y:
-            out = y * F.silu(z)
         else:
-            out = y.mul_(F.silu(z))
+            gate = torch.ops.aten.silu.out(z, out=y_tm.view(b, d, L))
+            out = y * gate if save_y else y.mul_(gate)
+            del gate
+        del y_tm
         last_state = states[-1].transpose(1, 2).contiguous() if nchunks else u.new_zeros(b, d, n)
         if need_backward:
             ctx.save_for_backward(u, dt_tm, A, B_tm, C_tm, D, z, states, y if save_y else None)
@@ -352,8 +362,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             dy_tm = u.new_zeros(L, b, d)
         elif z is not None:
             sz = torch.sigmoid(z)
-            if need[6]:
-                dz = dout * y * sz * (1 + z * (1 - sz))
+            if need[6]:  # dz = dout * y * silu'(z),  silu'(z) = sz * (1 + z * (1 - sz))
+                dz = torch.sub(1, sz).mul_(z).add_(1).mul_(sz).mul_(y).mul_(dout)
             dy_tm = _time_major(sz.mul_(z).mul_(dout))  # dout * silu(z)
             del sz
         else:
@@ -378,6 +388,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         tmp = u.new_empty(T, b, n, d)
         s_buf = u.new_empty(T, b, d)
         dA_acc = u.new_zeros(T, b, n, d) if need[2] else None
+        steps = dA_buf.unbind(0), H_buf.unbind(0)
+        G_steps = G_buf.unbind(0)
+        dA_steps = steps[0]
         for k in reversed(range(nchunks)):
             t0, t1 = k * chunk, min((k + 1) * chunk, L)
             m = t1 - t0
@@ -386,14 +399,14 @@ class _SelectiveScanFn(torch.autograd.Function):
                 H_buf[0].zero_()
             else:
                 H_buf[0].copy_(states[k - 1])
-            dA_k, H = _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf)
+            dA_k, H = _chunk_forward(dt_tm, dtu_tm, B_tm, At, t0, t1, dA_buf, H_buf, *steps)
             # adjoint states G_t = dL/dh_t = C_t dy_t + dA_{t+1} G_{t+1}
             G = G_buf[:m]
             torch.mul(C_tm[t0:t1, :, :, None], dy_tm[t0:t1, :, None, :], out=G)
-            G[m - 1].add_(carry)
+            G_steps[m - 1].add_(carry)
             for i in range(m - 2, -1, -1):
-                G[i].addcmul_(dA_k[i + 1], G[i + 1])
-            torch.mul(dA_k[0], G[0], out=carry)
+                G_steps[i].addcmul_(dA_steps[i + 1], G_steps[i + 1])
+            torch.mul(dA_steps[0], G_steps[0], out=carry)
             Gv = G.view(x, n, d)
             # dC_t = H_t dy_t ; dB_t = G_t (dt u)_t ; s_t = B_t^T G_t      (batched matmuls)
             # (written as row-vector @ transposed matrix: several times faster on CPU than (n,d)@(d,1))
@@ -407,19 +420,22 @@ class _SelectiveScanFn(torch.autograd.Function):
             torch.mul(s, dt_tm[t0:t1], out=du_tm[t0:t1])
             if dA_acc is not None:
                 dA_acc[:m].addcmul_(P, dt_tm[t0:t1, :, None, :])
-        del dA_buf, H_buf, G_buf, tmp
+        del dA_buf, H_buf, G_buf, tmp, s_buf, steps, G_steps, dA_steps
 
+        # (l, b, d)-sized results go into blocks the loop is done with (fresh ones cost page faults)
         if need[0]:
             if D is not None:
                 du_tm.addcmul_(dy_tm, D)
-            du = _batch_major(du_tm)
+            du = _batch_major(du_tm, out=u_tm)
+        del du_tm, u_tm
         if need[1] or need[7]:
             if ctx.delta_softplus:  # d softplus(p)/dp = sigmoid(p) = 1 - exp(-softplus(p))
-                ddt_tm.mul_(torch.expm1(dt_tm.neg()).neg_())
+                ddt_tm.mul_(torch.neg(dt_tm, out=dy_tm).expm1_().neg_())
             if need[7]:
                 ddelta_bias = ddt_tm.sum((0, 1))
             if need[1]:
-                ddelta = _batch_major(ddt_tm)
+                ddelta = _batch_major(ddt_tm, out=dtu_tm)
+        del ddt_tm, dy_tm, dtu_tm
         if dA_acc is not None:
             dA = dA_acc.sum((0, 1)).t().contiguous()
         if need[3]:
@@ -484,8 +500,9 @@ def selective_scan(
     _validate(u, delta, A, B, C, D, z, delta_bias)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
+    kernel_dtypes = u.dtype in _KERNEL_DTYPES and A.dtype in _KERNEL_DTYPES
     if backend == "auto":
-        backend = "cuda" if u.is_cuda and is_mamba_ssm_available() else "torch"
+        backend = "cuda" if u.is_cuda and kernel_dtypes and is_mamba_ssm_available() else "torch"
     elif backend == "cuda":
         if not is_mamba_ssm_available():
             _warn_once(
@@ -500,6 +517,13 @@ def selective_scan(
                 "device",
                 f"selective_scan: backend 'cuda' needs CUDA tensors, got tensors on "
                 f"{u.device}; falling back to the 'torch' backend.",
+            )
+            backend = "torch"
+        elif not kernel_dtypes:
+            _warn_once(
+                "dtype",
+                f"selective_scan: mamba-ssm's kernel supports float32/float16/bfloat16, got u {u.dtype} "
+                f"and A {A.dtype}; falling back to the 'torch' backend.",
             )
             backend = "torch"
 

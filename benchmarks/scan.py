@@ -1,0 +1,557 @@
+"""CPU benchmark of the selective scan: mambavl's ``torch`` backend vs ``reference`` vs transformers.
+
+Compares, at one ViT-B clip of tokens (b=2, d=1536, n=16, l=1568, float32, softplus(delta +
+delta_bias), D and z):
+
+* ``torch``        -- ``mambavl.ops.selective_scan(..., backend="torch")`` (chunked scan, custom backward)
+* ``reference``    -- ``mambavl.ops.selective_scan(..., backend="reference")`` (plain loop, autograd)
+* ``transformers`` -- ``transformers.models.mamba.modeling_mamba.mamba_selective_scan``, the
+  sequential PyTorch fallback transformers uses when mamba-ssm is missing (autograd backward)
+
+Measured per implementation: forward time (under ``torch.no_grad()``), forward+backward time
+(all eight inputs require grad; ``out.backward(random)``) and peak memory.
+
+Method
+------
+Every (implementation, mode) case runs in its own fresh Python subprocess, so allocator state
+and memory high-water marks do not leak between cases. In the subprocess: inputs are built,
+a tiny-shape call warms up the libraries, then the resident-set high-water mark is reset
+(``echo 5 > /proc/self/clear_refs``) and the first full-size call runs; **peak memory** is
+``VmHWM - RSS before the call``: the extra resident memory that one call needed (temporaries,
+outputs, saved tensors, gradients), measured by the kernel, whatever allocated it. That first
+call doubles as the warm-up; then ``--repeats`` timed calls follow (fewer when one call is slow,
+see ``--case-budget``) and the median is reported.
+
+transformers' forward+backward goes through autograd over a Python loop with full
+``(b, d, l, n)`` intermediates; at l=1568 it takes many minutes on 2 cores, so by default it is
+timed at a shorter ``--hf-backward-l`` and **extrapolated linearly in l** (time and memory; the
+loop is linear in l). The table says so.
+
+Shared machines: each case records a contention probe (the latency of a tiny multi-threaded
+op, before and after the case) and rows measured while another process held the cores are
+flagged. ``--threads 1,2`` measures each thread count in the same run (one table each);
+single-threaded timings are far less sensitive to other processes. ``--wait-quiet S`` waits up
+to S seconds before each case for the probe to settle, ``--retries R`` re-runs a contended case.
+
+Usage::
+
+    python benchmarks/scan.py                 # full size, writes benchmarks/results/scan_cpu.{json,md}
+    python benchmarks/scan.py --quick         # small size, prints only (unless --out is given)
+    python benchmarks/scan.py --threads 2,1 --repeats 7 --wait-quiet 300 --retries 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+IMPLS = ("torch", "reference", "transformers")
+MODES = ("fwd", "fwdbwd")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: A probe above this many microseconds means another process holds the cores (see _probe_us).
+CONTENDED_US = 6.0
+
+
+def _probe_us(calls: int = 200) -> float:
+    """Median time (us) of ``torch.exp`` on 8192 floats with all cores: a tiny parallel region.
+
+    About 4 us on an idle 2-core machine; when another process holds a core, every parallel
+    region waits for a scheduler slice and this jumps to milliseconds. Every multi-threaded
+    op of every implementation pays that, so it tells whether a case was measured in quiet.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    x = torch.randn(8192)
+    ts = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        torch.exp(x)
+        ts.append(time.perf_counter() - t0)
+    torch.set_num_threads(previous)
+    ts.sort()
+    return ts[len(ts) // 2] * 1e6
+
+
+# ------------------------------------------------------------------------------------------
+# worker (one case per process)
+# ------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _make_inputs(b, d, L, n, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "u": torch.randn(b, d, L, generator=g),
+        "delta": torch.randn(b, d, L, generator=g) * 0.5 - 1.0,
+        "A": -torch.exp(torch.randn(d, n, generator=g) * 0.5),
+        "B": torch.randn(b, n, L, generator=g),
+        "C": torch.randn(b, n, L, generator=g),
+        "D": torch.randn(d, generator=g),
+        "z": torch.randn(b, d, L, generator=g),
+        "delta_bias": torch.randn(d, generator=g) * 0.5,
+    }
+
+
+def _scan_fn(impl):
+    if impl in ("torch", "reference"):
+        from mambavl.ops import selective_scan
+
+        def fn(u, delta, A, B, C, D, z, delta_bias):
+            return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, backend=impl)
+
+        return fn
+    if impl == "transformers":
+        # transformers logs (not warns) that mamba_ssm is missing and it falls back: silence that.
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        from transformers.models.mamba.modeling_mamba import mamba_selective_scan
+
+        def fn(u, delta, A, B, C, D, z, delta_bias):
+            return mamba_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
+
+        return fn
+    raise ValueError(impl)
+
+
+def worker(args) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fn = _scan_fn(args.impl)
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+    def make_call(x):
+        if args.mode == "fwd":
+
+            def call():
+                with torch.no_grad():
+                    return fn(*(x[k] for k in names))
+
+            return call, None
+        leaves = [x[k].clone().requires_grad_() for k in names]
+        gout = torch.randn(x["u"].shape, generator=torch.Generator().manual_seed(1))
+
+        def call():
+            out = fn(*leaves)
+            out.backward(gout)
+            for t in leaves:
+                t.grad = None
+            return out.detach()
+
+        return call, leaves
+
+    probe_before = _probe_us()
+    # warm up the libraries on a tiny shape (thread pools, lazy imports, dispatch caches)
+    tiny_call, _ = make_call(_make_inputs(1, 8, 8, 4, seed=1))
+    tiny_call()
+    del tiny_call
+
+    x = _make_inputs(args.b, args.d, args.L, args.n)
+    call, _leaves = make_call(x)
+    rss0 = _rss_bytes()
+    hwm_reset = _reset_hwm()
+    t0 = time.perf_counter()
+    out = call()
+    first_s = time.perf_counter() - t0
+    peak = _hwm_bytes() - rss0 if hwm_reset else None
+
+    # correctness cross-check of the forward against the torch backend
+    rel_diff = None
+    if args.mode == "fwd" and args.impl != "torch":
+        from mambavl.ops import selective_scan
+
+        ref = selective_scan(*(x[k] for k in names), delta_softplus=True, backend="torch")
+        rel_diff = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+    del out
+
+    repeats = args.repeats
+    if first_s * repeats > args.case_budget:
+        repeats = max(1, int(args.case_budget // max(first_s, 1e-9)))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    times_sorted = sorted(times)
+    probe_after = _probe_us()
+    return {
+        "impl": args.impl,
+        "mode": args.mode,
+        "shape": {"b": args.b, "d": args.d, "l": args.L, "n": args.n},
+        "threads": torch.get_num_threads(),
+        "first_call_s": first_s,
+        "times_s": times,
+        "median_s": times_sorted[len(times) // 2]
+        if len(times) % 2
+        else 0.5 * (times_sorted[len(times) // 2 - 1] + times_sorted[len(times) // 2]),
+        "min_s": times_sorted[0],
+        "repeats": repeats,
+        "peak_extra_rss_bytes": peak,
+        "rel_diff_vs_torch": rel_diff,
+        "probe_us_before": probe_before,
+        "probe_us_after": probe_after,
+        "contended": max(probe_before, probe_after) > CONTENDED_US,
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# orchestrator
+# ------------------------------------------------------------------------------------------
+
+
+def _run_case(args, impl, mode, L) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--impl",
+        impl,
+        "--mode",
+        mode,
+        "--b",
+        str(args.b),
+        "--d",
+        str(args.d),
+        "--l",
+        str(L),
+        "--n",
+        str(args.n),
+        "--repeats",
+        str(args.repeats),
+        "--case-budget",
+        str(args.case_budget),
+    ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {impl}/{mode} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _wait_quiet(args) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < args.wait_quiet:
+        if _probe_us() < CONTENDED_US:
+            break
+        time.sleep(5)
+    return time.perf_counter() - t0
+
+
+def _machine_info() -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads_default": torch.get_num_threads(),
+        "torch_parallel_info": torch.__config__.parallel_info().splitlines()[:6],
+    }
+
+
+def _fmt_ms(s):
+    return "—" if s is None else f"{s * 1e3:,.1f}"
+
+
+def _fmt_mib(b):
+    return "—" if b is None else f"{b / 2**20:,.0f}"
+
+
+def _run_all(args, impls, threads, hf_l) -> dict:
+    """All cases at one thread count -> {"threads", "loadavg_*", "rows", "cases"}."""
+    args.threads = threads
+    load_start = os.getloadavg()
+    cases = {}
+    for impl in impls:
+        for mode in MODES:
+            L = hf_l if (impl == "transformers" and mode == "fwdbwd") else args.L
+            print(f"[threads={threads or 'default'}] {impl:>12} {mode:<6} (l={L}) ...", file=sys.stderr, flush=True)
+            waited, attempt = 0.0, 0
+            while True:
+                attempt += 1
+                waited += _wait_quiet(args) if args.wait_quiet > 0 else 0.0
+                r = _run_case(args, impl, mode, L)
+                if not r["contended"] or attempt > args.retries:
+                    break
+                print(
+                    f"    contended (probe {r['probe_us_before']:.0f}/{r['probe_us_after']:.0f} us): retrying",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            r["waited_for_quiet_s"] = waited
+            r["attempts"] = attempt
+            scale = args.L / L
+            r["extrapolated_from_l"] = L if L != args.L else None
+            r["median_s_full"] = r["median_s"] * scale
+            r["min_s_full"] = r["min_s"] * scale
+            r["peak_full_bytes"] = None if r["peak_extra_rss_bytes"] is None else r["peak_extra_rss_bytes"] * scale
+            cases[(impl, mode)] = r
+            print(
+                f"    median {r['median_s'] * 1e3:,.1f} ms (min {r['min_s'] * 1e3:,.1f}) over {r['repeats']} "
+                f"repeats, probe {r['probe_us_before']:.0f}/{r['probe_us_after']:.0f} us"
+                + (f"; at l={L} -> {r['median_s_full'] * 1e3:,.1f} ms at l={args.L}" if scale != 1 else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+    load_end = os.getloadavg()
+
+    rows = []
+    base = {m: cases[("torch", m)]["median_s_full"] for m in MODES} if "torch" in impls else None
+    for impl in impls:
+        f, fb = cases[(impl, "fwd")], cases[(impl, "fwdbwd")]
+        notes = []
+        if fb["extrapolated_from_l"]:
+            notes.append(
+                f"fwd+bwd timed at l={fb['extrapolated_from_l']} and extrapolated linearly to "
+                f"l={args.L} (time and memory; measured {fb['median_s'] * 1e3:,.0f} ms, "
+                f"{_fmt_mib(fb['peak_extra_rss_bytes'])} MiB)"
+            )
+        for c in (f, fb):
+            if c["repeats"] < args.repeats:
+                notes.append(f"{c['mode']}: {c['repeats']} timed call(s) (slow case)")
+            if c.get("attempts", 1) > 1:
+                notes.append(f"{c['mode']}: attempt {c['attempts']} (earlier ones contended, discarded)")
+            if c["contended"]:
+                notes.append(
+                    f"{c['mode']}: another process held the cores at some point (probe "
+                    f"{c['probe_us_before']:.0f} / {c['probe_us_after']:.0f} us before / after)"
+                )
+        rows.append(
+            {
+                "impl": impl,
+                "fwd_s": f["median_s_full"],
+                "fwdbwd_s": fb["median_s_full"],
+                "fwd_min_s": f["min_s_full"],
+                "fwdbwd_min_s": fb["min_s_full"],
+                "fwdbwd_over_fwd": fb["median_s_full"] / f["median_s_full"],
+                "torch_speedup_fwd": (f["median_s_full"] / base["fwd"]) if base else None,
+                "torch_speedup_fwdbwd": (fb["median_s_full"] / base["fwdbwd"]) if base else None,
+                "peak_fwd_bytes": f["peak_full_bytes"],
+                "peak_fwdbwd_bytes": fb["peak_full_bytes"],
+                "rel_diff_vs_torch": f["rel_diff_vs_torch"],
+                "notes": notes,
+            }
+        )
+    return {
+        "threads": cases[(impls[0], "fwd")]["threads"],
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in load_end],
+        "rows": rows,
+        "cases": list(cases.values()),
+    }
+
+
+def _markdown(result) -> str:
+    shape = result["shape"]
+    m = result["machine"]
+    lines = [
+        f"# Selective scan on CPU: b={shape['b']}, d={shape['d']}, n={shape['n']}, l={shape['l']}, float32",
+        "",
+        f"softplus(delta + delta_bias), D and z. {m['cpu']} ({m['logical_cpus']} logical CPUs), "
+        f"torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}. "
+        "Times: median (min) in ms of the timed calls after one warm-up call; speed-ups and ratios "
+        "use medians. `torch speed-up` = that row's time / the `torch` backend's time.",
+        "",
+    ]
+    for run in result["runs"]:
+        lines += [
+            f"## {run['threads']} torch thread{'s' if run['threads'] != 1 else ''}",
+            "",
+            f"Load average at start / end: {run['loadavg_start']} / {run['loadavg_end']}.",
+            "",
+            "| implementation | forward (ms) | fwd+bwd (ms) | fwd+bwd / own fwd | torch speed-up fwd | "
+            "torch speed-up fwd+bwd | peak extra RSS fwd (MiB) | peak extra RSS fwd+bwd (MiB) | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in run["rows"]:
+            notes = list(r["notes"])
+            if r.get("rel_diff_vs_torch") is not None:
+                notes.append(f"forward rel. diff vs torch {r['rel_diff_vs_torch']:.1e}")
+            sf = "—" if r["torch_speedup_fwd"] is None else f"{r['torch_speedup_fwd']:.1f}x"
+            sfb = "—" if r["torch_speedup_fwdbwd"] is None else f"{r['torch_speedup_fwdbwd']:.1f}x"
+            lines.append(
+                f"| `{r['impl']}` | {_fmt_ms(r['fwd_s'])} ({_fmt_ms(r['fwd_min_s'])}) | "
+                f"{_fmt_ms(r['fwdbwd_s'])} ({_fmt_ms(r['fwdbwd_min_s'])}) | {r['fwdbwd_over_fwd']:.2f} | "
+                f"{sf} | {sfb} | {_fmt_mib(r['peak_fwd_bytes'])} | {_fmt_mib(r['peak_fwdbwd_bytes'])} | "
+                f"{'; '.join(notes)} |"
+            )
+        lines.append("")
+    lines += [
+        "Peak extra RSS: rise of the process's resident-set high-water mark (VmHWM, reset through "
+        "`/proc/self/clear_refs`) over its RSS just before the first full-size call, in a fresh "
+        "subprocess per case; it counts temporaries, outputs, saved tensors and gradients, but "
+        "not the inputs.",
+        "",
+        "Quiet check: each case records the median time of `torch.exp` on 8192 floats (a tiny "
+        "multi-threaded op) before and after it: about 4 us on an idle machine; above "
+        f"{CONTENDED_US:g} us another process held the cores, every parallel region then waits for a "
+        "scheduler slice, and multi-threaded timings are inflated (noted per row). Single-threaded "
+        "runs are far less sensitive to this.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="small size (b=1, d=256, n=16, l=256)")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per case (after one warm-up call)")
+    p.add_argument(
+        "--threads",
+        default="0",
+        help="comma-separated torch thread counts, one table each, e.g. 1,2 (0 = torch's default)",
+    )
+    p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    p.add_argument(
+        "--hf-backward-l",
+        type=int,
+        default=None,
+        help="sequence length at which transformers' fwd+bwd is timed, then extrapolated "
+        "linearly to l (default: l // 8; 0 = time it at full l)",
+    )
+    p.add_argument(
+        "--case-budget",
+        type=float,
+        default=60.0,
+        help="seconds of timed calls per case; slow cases get fewer repeats (at least 1)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="directory for scan_cpu.json / scan_cpu.md (default: benchmarks/results for full runs, none for --quick)",
+    )
+    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="before each case wait up to this many seconds for the machine to be quiet "
+        f"(probe below {CONTENDED_US:g} us; useful on shared machines)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="re-run a case up to this many times when its contention probe says another process "
+        "held the cores (the last attempt is kept and flagged if still contended)",
+    )
+    # worker-only arguments
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--impl", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--b", type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument("--d", type=int, default=1536, help=argparse.SUPPRESS)
+    p.add_argument("--l", dest="L", type=int, default=1568, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=16, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        args.threads = int(args.threads)
+        print(json.dumps(worker(args)))
+        return
+
+    if args.quick:
+        args.b, args.d, args.L, args.n = 1, 256, 256, 16
+    impls = [i for i in args.impls.split(",") if i]
+    unknown = set(impls) - set(IMPLS)
+    if unknown or not impls:
+        p.error(f"unknown --impls {sorted(unknown)}; choose from {IMPLS}")
+    try:
+        thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    except ValueError:
+        p.error(f"--threads must be comma-separated integers, got {args.threads!r}")
+    hf_l = args.L // 8 if args.hf_backward_l is None else (args.hf_backward_l or args.L)
+    hf_l = max(1, min(hf_l, args.L))
+
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load:.2f} on {os.cpu_count()} CPUs; timings will be noisy", file=sys.stderr)
+    runs = [_run_all(args, impls, t, hf_l) for t in thread_counts]
+
+    command = "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
+    result = {
+        "benchmark": "selective_scan_cpu",
+        "command": command,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": _machine_info(),
+        "shape": {
+            "b": args.b,
+            "d": args.d,
+            "l": args.L,
+            "n": args.n,
+            "dtype": "float32",
+            "options": "delta_softplus=True, delta_bias, D, z",
+        },
+        "repeats": args.repeats,
+        "transformers_backward_l": hf_l,
+        "memory_method": "VmHWM - RSS before the first full-size call, fresh subprocess per case "
+        "(/proc/self/clear_refs reset)",
+        "contention_probe": f"median us of torch.exp on 8192 floats; contended above {CONTENDED_US:g} us",
+        "runs": runs,
+    }
+    md = _markdown(result)
+    print(md)
+    out_dir = args.out or (None if args.quick else str(RESULTS_DIR))
+    if out_dir and not args.no_write:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scan_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "scan_cpu.md").write_text(md)
+        print(f"wrote {out / 'scan_cpu.json'} and {out / 'scan_cpu.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
