@@ -393,6 +393,37 @@ def test_cuda_backend_float64_falls_back(fresh_warnings, monkeypatch):
         selective_scan(*args, backend="auto")
 
 
+def test_cuda_backend_casts_to_the_kernel_dtypes(fresh_warnings, monkeypatch):
+    # A model cast to bfloat16 hands bf16 A, D and delta_bias to the scan; mamba-ssm's C++ checks
+    # demand them in float32 and delta/B/C/z in u's dtype. A fake kernel enforces those checks.
+    seen = {}
+
+    def fake_selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, **kwargs):
+        for name, t in (("delta", delta), ("B", B), ("C", C), ("z", z)):
+            assert t.dtype == u.dtype, f"{name} {t.dtype} != u {u.dtype}"
+        for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias)):
+            assert t.dtype == torch.float32, f"{name} must be float32, got {t.dtype}"
+        seen["io"] = u.dtype
+        return reference_scan(u, delta, A, B, C, D, z, delta_bias, **kwargs)
+
+    monkeypatch.setattr(ss_mod, "_import_mamba_ssm", lambda: (fake_selective_scan_fn, None))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    x = make_inputs(2, 4, 9, 3, dtype=torch.float32, seed=41)
+    leaves = {k: v.to(torch.bfloat16).requires_grad_() for k, v in x.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, last = selective_scan(*(leaves[k] for k in NAMES), True, True, backend="auto")
+    assert seen["io"] == torch.bfloat16 and out.dtype == torch.bfloat16 and last.shape == (2, 4, 3)
+    out.float().sum().backward()
+    for k in NAMES:
+        assert leaves[k].grad is not None and leaves[k].grad.dtype == torch.bfloat16, k
+
+    # mixed: float32 delta with a bf16 u runs in float32 (delta is not rounded) and returns bf16
+    mixed = dict(leaves, delta=x["delta"])
+    out = selective_scan(*(mixed[k] for k in NAMES), True, backend="cuda")
+    assert seen["io"] == torch.float32 and out.dtype == torch.bfloat16
+
+
 def test_auto_on_cpu_is_torch_and_silent():
     x = _args()
     args = [x[k] for k in NAMES]

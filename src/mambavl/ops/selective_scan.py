@@ -31,7 +31,9 @@ Backends
 ``"cuda"``
     mamba-ssm's fused kernel, imported lazily. If mamba-ssm (or its ``selective_scan_cuda``
     extension) cannot be imported, or the tensors are not on a CUDA device, it warns once
-    (naming the reason) and runs ``"torch"``.
+    (naming the reason) and runs ``"torch"``; so does a float64 input, which the kernel lacks.
+    Inputs are cast to the dtypes the kernel checks (``A``, ``D``, ``delta_bias`` float32; the
+    rest in one input dtype). mamba-ssm ignores the gradient of ``last_state``.
 ``"auto"``
     ``"cuda"`` when the tensors are on CUDA and mamba-ssm imports, otherwise ``"torch"``.
 
@@ -110,6 +112,7 @@ BACKENDS: tuple[str, ...] = ("auto", "cuda", "torch", "reference")
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what mamba-ssm's kernel takes
+_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 _TARGET_CHUNK_BYTES = 3 << 20  # ~3 MiB per (T, b, n, d) chunk buffer
 _MIN_CHUNK, _MAX_CHUNK = 4, 64
 
@@ -500,7 +503,7 @@ def selective_scan(
     _validate(u, delta, A, B, C, D, z, delta_bias)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
-    kernel_dtypes = u.dtype in _KERNEL_DTYPES and A.dtype in _KERNEL_DTYPES
+    kernel_dtypes = all(t.dtype in _KERNEL_DTYPES for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None)
     if backend == "auto":
         backend = "cuda" if u.is_cuda and kernel_dtypes and is_mamba_ssm_available() else "torch"
     elif backend == "cuda":
@@ -522,8 +525,9 @@ def selective_scan(
         elif not kernel_dtypes:
             _warn_once(
                 "dtype",
-                f"selective_scan: mamba-ssm's kernel supports float32/float16/bfloat16, got u {u.dtype} "
-                f"and A {A.dtype}; falling back to the 'torch' backend.",
+                "selective_scan: mamba-ssm's kernel supports float32/float16/bfloat16, got "
+                + ", ".join(f"{name} {t.dtype}" for name, t in zip(_NAMES, args, strict=False) if t is not None)
+                + "; falling back to the 'torch' backend.",
             )
             backend = "torch"
 
@@ -531,16 +535,38 @@ def selective_scan(
         return selective_scan_torch(*args)
     if backend == "reference":
         return selective_scan_reference(*args)
+    return _selective_scan_cuda(*args)
+
+
+def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """mamba-ssm's kernel, with the inputs cast to the dtypes its C++ checks demand.
+
+    The kernel requires ``delta``, ``B``, ``C`` and ``z`` in the dtype of ``u`` (its "input
+    type"), and ``A``, ``D`` and ``delta_bias`` in float32. Mixed inputs are therefore run in
+    the promoted input dtype (so a float32 ``delta`` with a bfloat16 ``u`` is not rounded down),
+    and ``out`` is returned in ``u.dtype`` as with the other backends. The casts are
+    differentiable, so gradients reach every input in its own dtype. mamba-ssm does not
+    back-propagate through ``last_state`` (its backward ignores that gradient).
+    """
+    io = functools.reduce(torch.promote_types, (t.dtype for t in (u, delta, B, C, z) if t is not None))
+
+    def cast(t, dtype):
+        return None if t is None else t.to(dtype)
+
     selective_scan_fn = _import_mamba_ssm()[0]
-    return selective_scan_fn(
-        u,
-        delta,
-        A,
-        B,
-        C,
-        D=D,
-        z=z,
-        delta_bias=delta_bias,
+    result = selective_scan_fn(
+        u.to(io),
+        delta.to(io),
+        A.to(torch.float32),
+        B.to(io),
+        C.to(io),
+        D=cast(D, torch.float32),
+        z=cast(z, io),
+        delta_bias=cast(delta_bias, torch.float32),
         delta_softplus=delta_softplus,
         return_last_state=return_last_state,
     )
+    if return_last_state:
+        out, last_state = result
+        return out.to(u.dtype), last_state
+    return result.to(u.dtype)
