@@ -53,6 +53,8 @@ import time
 from pathlib import Path
 
 IMPLS = ("torch", "reference", "transformers")
+#: Not a scan: exp(delta * A) over every (b, d, l, n) element, the floor of any forward (see _scan_fn).
+FLOOR = "exp-floor"
 MODES = ("fwd", "fwdbwd")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: A probe above this many microseconds means another process holds the cores (see _probe_us).
@@ -144,6 +146,23 @@ def _scan_fn(impl):
             return mamba_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
 
         return fn
+    if impl == FLOOR:
+        import torch
+
+        def fn(u, delta, A, B, C, D, z, delta_bias):
+            # exp(delta_t * A) for every (b, d, l, n) element, and nothing else, in cache-sized chunks: the one
+            # elementwise pass that every scan forming the discretized A needs, so a lower bound on a forward.
+            dt = delta.permute(2, 0, 1).contiguous()  # (l, b, d)
+            L, b, d = dt.shape
+            At = A.t().contiguous()  # (n, d)
+            chunk = max(1, (3 << 20) // (4 * b * d * At.shape[0]))
+            buf = dt.new_empty(chunk, b, At.shape[0], d)
+            for t0 in range(0, L, chunk):
+                m = min(chunk, L - t0)
+                torch.mul(dt[t0 : t0 + m, :, None, :], At, out=buf[:m]).exp_()
+            return u  # nothing to compare
+
+        return fn
     raise ValueError(impl)
 
 
@@ -192,7 +211,7 @@ def worker(args) -> dict:
 
     # correctness cross-check of the forward against the torch backend
     rel_diff = None
-    if args.mode == "fwd" and args.impl != "torch":
+    if args.mode == "fwd" and args.impl not in ("torch", FLOOR):
         from mambavl.ops import selective_scan
 
         ref = selective_scan(*(x[k] for k in names), delta_softplus=True, backend="torch")
@@ -342,6 +361,13 @@ def _run_all(args, impls, threads, hf_l) -> dict:
                 file=sys.stderr,
                 flush=True,
             )
+    floor = None
+    if "torch" in impls:
+        print(f"[threads={threads or 'default'}] {FLOOR:>12} fwd    (l={args.L}) ...", file=sys.stderr, flush=True)
+        if args.wait_quiet > 0:
+            _wait_quiet(args)
+        floor = _run_case(args, FLOOR, "fwd", args.L)
+        print(f"    median {floor['median_s'] * 1e3:,.1f} ms", file=sys.stderr, flush=True)
     load_end = os.getloadavg()
 
     rows = []
@@ -386,6 +412,9 @@ def _run_all(args, impls, threads, hf_l) -> dict:
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in load_end],
         "rows": rows,
+        "exp_floor": None
+        if floor is None
+        else {"median_s": floor["median_s"], "min_s": floor["min_s"], "contended": floor["contended"]},
         "cases": list(cases.values()),
     }
 
@@ -425,6 +454,20 @@ def _markdown(result) -> str:
                 f"{'; '.join(notes)} |"
             )
         lines.append("")
+        floor = run.get("exp_floor")
+        if floor:
+            fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
+            caps = ", ".join(f"`{impl}` {t / floor['median_s']:.1f}x" for impl, t in fwd.items() if impl != "torch")
+            elements = shape["b"] * shape["d"] * shape["l"] * shape["n"]
+            lines += [
+                f"Floor: `exp(delta * A)` alone over all b*d*l*n = {elements:,} elements, in cache-sized chunks, "
+                f"takes {_fmt_ms(floor['median_s'])} ms"
+                + (" (contended)" if floor["contended"] else "")
+                + f". Every implementation forms these values, so no forward can beat it: the `torch` forward is "
+                f"{fwd['torch'] / floor['median_s']:.1f}x the floor, and the largest forward speed-up over the others "
+                f"that any scan could reach here is {caps}.",
+                "",
+            ]
     lines += [
         "Peak extra RSS: rise of the process's resident-set high-water mark (VmHWM, reset through "
         "`/proc/self/clear_refs`) over its RSS just before the first full-size call, in a fresh "

@@ -34,5 +34,9 @@ def test_scan_benchmark_quick(tmp_path):
     proc = run(
         "scan.py", "--quick", "--repeats", "1", "--threads", "1", "--impls", "torch,reference", "--out", str(tmp_path)
     )
-    report = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert report and "torch" in proc.stdout
+    report = json.loads((tmp_path / "scan_cpu.json").read_text())
+    (run_,) = report["runs"]
+    assert [r["impl"] for r in run_["rows"]] == ["torch", "reference"]
+    assert all(r["fwd_s"] > 0 and r["fwdbwd_s"] > 0 for r in run_["rows"])
+    assert run_["rows"][1]["rel_diff_vs_torch"] < 1e-5 and run_["exp_floor"]["median_s"] > 0
+    assert "| `torch` |" in proc.stdout and "Floor: `exp(delta * A)`" in (tmp_path / "scan_cpu.md").read_text()
