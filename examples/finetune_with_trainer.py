@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 
-from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from mambavl import MambaVLForActionRecognition, MambaVLProcessor, MambaVLVideoProcessor
-from mambavl.data import EK100SegmentDataset, MambaVLCollator, VideoFileSource, class_names, load_class_list
+from mambavl import MambaVLForActionRecognition, MambaVLProcessor
+from mambavl.data import EK100SegmentDataset, MambaVLCollator, VideoFileSource, label_config, load_class_list
 from mambavl.metrics import recognition_metrics
 
 # Outputs of MambaVLForActionRecognition that are not logits (Trainer collects all outputs but the loss).
@@ -87,19 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
     model = MambaVLForActionRecognition.from_pretrained_backbones(
-        video=args.video_backbone,
-        text=args.text_backbone,
-        hidden_size=args.hidden_size,
-        num_verb_classes=len(verbs),
-        num_noun_classes=len(nouns),
-        verb_id2label=dict(enumerate(class_names(verbs))),
-        noun_id2label=dict(enumerate(class_names(nouns))),
+        video=args.video_backbone, text=args.text_backbone, hidden_size=args.hidden_size, **label_config(verbs, nouns)
     )
-    processor = MambaVLProcessor(
-        MambaVLVideoProcessor(num_frames=args.num_frames, size=args.image_size, crop_size=args.image_size),
-        AutoTokenizer.from_pretrained(args.text_backbone),
-        verb_classes=class_names(verbs),
-        noun_classes=class_names(nouns),
+    processor = MambaVLProcessor.from_class_lists(
+        args.text_backbone, verbs, nouns, num_frames=args.num_frames, image_size=args.image_size
     )
 
     source = VideoFileSource(args.video_root, layout=args.layout, annotation_fps=args.annotation_fps)

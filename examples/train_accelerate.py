@@ -19,15 +19,12 @@ import argparse
 import logging
 import os
 
-from transformers import AutoTokenizer
-
-from mambavl import MambaVLForActionRecognition, MambaVLProcessor, MambaVLVideoProcessor
+from mambavl import MambaVLForActionRecognition, MambaVLProcessor
 from mambavl.data import (
     EK100SegmentDataset,
     MambaVLCollator,
     VideoFileSource,
-    class_names,
-    instances_by_key,
+    label_config,
     load_annotations,
     load_class_list,
 )
@@ -80,20 +77,10 @@ def build_model_and_processor(args: argparse.Namespace):
         return MambaVLForActionRecognition.from_pretrained(args.model), MambaVLProcessor.from_pretrained(args.model)
     verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
     model = MambaVLForActionRecognition.from_pretrained_backbones(
-        video=args.video_backbone,
-        text=args.text_backbone,
-        hidden_size=args.hidden_size,
-        num_verb_classes=len(verbs),
-        num_noun_classes=len(nouns),
-        verb_id2label=dict(enumerate(class_names(verbs))),
-        noun_id2label=dict(enumerate(class_names(nouns))),
+        video=args.video_backbone, text=args.text_backbone, hidden_size=args.hidden_size, **label_config(verbs, nouns)
     )
-    processor = MambaVLProcessor(
-        MambaVLVideoProcessor(num_frames=args.num_frames, size=args.image_size, crop_size=args.image_size),
-        AutoTokenizer.from_pretrained(args.text_backbone),
-        question_config={"verb_instances": instances_by_key(verbs), "noun_instances": instances_by_key(nouns)},
-        verb_classes=class_names(verbs),
-        noun_classes=class_names(nouns),
+    processor = MambaVLProcessor.from_class_lists(
+        args.text_backbone, verbs, nouns, num_frames=args.num_frames, image_size=args.image_size
     )
     return model, processor
 

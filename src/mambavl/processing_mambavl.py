@@ -99,6 +99,46 @@ class MambaVLProcessor(ProcessorMixin):
         tokenizer.padding_side = "right"
         super().__init__(video_processor, tokenizer, **kwargs)
 
+    @classmethod
+    def from_class_lists(
+        cls,
+        tokenizer: Any,
+        verb_classes: Sequence[Any] | str | os.PathLike,
+        noun_classes: Sequence[Any] | str | os.PathLike,
+        *,
+        num_frames: int = 16,
+        image_size: int = 224,
+        **kwargs: Any,
+    ) -> MambaVLProcessor:
+        """A processor for EPIC-KITCHENS-format class lists, with the paper's question set-up.
+
+        Class names come from the lists' keys, and each class's instances (``"pick-up"``, ``"grab"`` for
+        ``take``) go to the question builder, so masking also hides the narration words of a class.
+
+        Args:
+            tokenizer: a tokenizer with a mask token, or the folder / Hub id of one (``AutoTokenizer``).
+            verb_classes: :class:`~mambavl.data.ActionClass` list or the path of ``EPIC_100_verb_classes.csv``.
+            noun_classes: the same for nouns.
+            num_frames: frames per clip (``T`` of ``pixel_values (B, T, 3, image_size, image_size)``).
+            image_size: side of the square crop, in pixels (the shorter side is resized to it first).
+            **kwargs: other :class:`MambaVLProcessor` arguments (``max_question_length``, ...).
+        """
+        from transformers import AutoTokenizer
+
+        from .data.epic_kitchens import _as_class_list, class_names, instances_by_key
+
+        verbs, nouns = _as_class_list(verb_classes), _as_class_list(noun_classes)
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        return cls(
+            MambaVLVideoProcessor(num_frames=num_frames, size=image_size, crop_size=image_size),
+            tokenizer,
+            question_config={"verb_instances": instances_by_key(verbs), "noun_instances": instances_by_key(nouns)},
+            verb_classes=class_names(verbs),
+            noun_classes=class_names(nouns),
+            **kwargs,
+        )
+
     # -- transformers plumbing: the default versions resolve the video processor through torchvision-only classes.
     def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
         if argument_name == "video_processor":

@@ -58,6 +58,7 @@ __all__ = [
     "check_label_consistency",
     "class_names",
     "instances_by_key",
+    "label_config",
     "load_annotations",
     "load_class_list",
     "load_video_fps",
@@ -196,6 +197,28 @@ def class_names(classes: Sequence[ActionClass]) -> list[str]:
 def instances_by_key(classes: Sequence[ActionClass]) -> dict[str, list[str]]:
     """``{key: instances}`` for every class."""
     return {c.key: list(c.instances) for c in classes}
+
+
+def label_config(
+    verb_classes: Sequence[ActionClass] | str | os.PathLike, noun_classes: Sequence[ActionClass] | str | os.PathLike
+) -> dict[str, Any]:
+    """The :class:`~mambavl.MambaVLConfig` fields that describe the label space of two class lists.
+
+    Args:
+        verb_classes: verb classes, or the path of a class list (``EPIC_100_verb_classes.csv`` format).
+        noun_classes: noun classes, or the path of a class list.
+
+    Returns:
+        ``num_verb_classes``, ``num_noun_classes``, ``verb_id2label`` and ``noun_id2label``, to pass on as
+        config keyword arguments (e.g. to ``from_pretrained_backbones``).
+    """
+    verbs, nouns = class_names(_as_class_list(verb_classes)), class_names(_as_class_list(noun_classes))
+    return {
+        "num_verb_classes": len(verbs),
+        "num_noun_classes": len(nouns),
+        "verb_id2label": dict(enumerate(verbs)),
+        "noun_id2label": dict(enumerate(nouns)),
+    }
 
 
 def _as_class_list(classes: Sequence[ActionClass] | str | os.PathLike | None) -> list[ActionClass] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..configuration_mambavl import MambaVLConfig
-from .common import FusionOutput, masked_mean
+from .common import FusionOutput, fusion_output_from_tokens, masked_mean
 from .ssm_fusion import MambaFusion, MambaFusionLayer, SelectiveMixer, SSMFusion
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "SSMFusion",
     "SelectiveMixer",
     "build_fusion",
+    "fusion_output_from_tokens",
     "masked_mean",
 ]
 

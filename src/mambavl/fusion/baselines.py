@@ -27,7 +27,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration_mambavl import MambaVLConfig
-from .common import FusionOutput, masked_mean
+from .common import FusionOutput, fusion_output_from_tokens, masked_mean
 
 __all__ = ["MLPFusion", "TransformerFusion", "TransformerFusionAttention", "TransformerFusionLayer"]
 
@@ -228,19 +228,8 @@ class TransformerFusion(nn.Module):
         video_verb, video_noun = hidden[:batch, :num_frames], hidden[batch:, :num_frames]
         y_verb = hidden[:batch, num_frames : num_frames + verb_length]
         y_noun = hidden[batch:, num_frames : num_frames + noun_length]
-        pooled_video, pooled_video_noun = video_verb.mean(dim=1), video_noun.mean(dim=1)
-        pooled_verb = masked_mean(y_verb, verb_attention_mask)
-        pooled_noun = masked_mean(y_noun, noun_attention_mask)
-        return FusionOutput(
-            verb_features=pooled_video + pooled_verb,
-            noun_features=pooled_video_noun + pooled_noun,
-            video_hidden_states=video_verb,
-            verb_question_hidden_states=y_verb,
-            noun_question_hidden_states=y_noun,
-            pooled_video=pooled_video,
-            pooled_verb_question=pooled_verb,
-            pooled_noun_question=pooled_noun,
-            hidden_states=tuple(all_video) if all_video is not None else None,
+        return fusion_output_from_tokens(
+            video_verb, y_verb, y_noun, verb_attention_mask, noun_attention_mask, all_video, noun_video=video_noun
         )
 
 

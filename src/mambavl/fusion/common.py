@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-__all__ = ["FusionOutput", "masked_mean"]
+__all__ = ["FusionOutput", "fusion_output_from_tokens", "masked_mean"]
 
 
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,3 +54,40 @@ class FusionOutput(ModelOutput):
     pooled_verb_question: torch.Tensor | None = None
     pooled_noun_question: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def fusion_output_from_tokens(
+    video: torch.Tensor,
+    verb_question: torch.Tensor,
+    noun_question: torch.Tensor,
+    verb_attention_mask: torch.Tensor | None = None,
+    noun_attention_mask: torch.Tensor | None = None,
+    hidden_states: list[torch.Tensor] | None = None,
+    noun_video: torch.Tensor | None = None,
+) -> FusionOutput:
+    """Pool fused token states into the heads' inputs: ``x_verb = pool(y^V) + pool(y^T_verb)``, likewise nouns.
+
+    Args:
+        video: ``(B, F, D)`` fused video tokens.
+        verb_question: ``(B, Lv, D)`` fused verb-question tokens (masked mean with ``verb_attention_mask``).
+        noun_question: ``(B, Ln, D)`` fused noun-question tokens (masked mean with ``noun_attention_mask``).
+        verb_attention_mask, noun_attention_mask: ``(B, Lv)``, ``(B, Ln)`` or ``None`` (all valid).
+        hidden_states: video tokens per layer, returned as a tuple, or ``None``.
+        noun_video: ``(B, F, D)`` video tokens to pool for the noun features when they differ from ``video``
+            (fusions that run the two questions as separate sequences); ``None`` uses ``video``.
+    """
+    pooled_video = video.mean(dim=1)
+    pooled_noun_video = pooled_video if noun_video is None else noun_video.mean(dim=1)
+    pooled_verb = masked_mean(verb_question, verb_attention_mask)
+    pooled_noun = masked_mean(noun_question, noun_attention_mask)
+    return FusionOutput(
+        verb_features=pooled_video + pooled_verb,
+        noun_features=pooled_noun_video + pooled_noun,
+        video_hidden_states=video,
+        verb_question_hidden_states=verb_question,
+        noun_question_hidden_states=noun_question,
+        pooled_video=pooled_video,
+        pooled_verb_question=pooled_verb,
+        pooled_noun_question=pooled_noun,
+        hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+    )

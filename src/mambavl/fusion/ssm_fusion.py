@@ -28,7 +28,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from ..configuration_mambavl import MambaVLConfig
 from ..ops import selective_scan
 from ..ops.causal_conv1d import causal_conv1d
-from .common import FusionOutput, masked_mean
+from .common import FusionOutput, fusion_output_from_tokens
 
 __all__ = ["MambaFusion", "MambaFusionLayer", "SSMFusion", "SelectiveMixer"]
 
@@ -244,19 +244,8 @@ class MambaFusion(nn.Module):
                 all_video.append(video)
         video = self.video_norm(video)
         verb_question, noun_question = self.text_norm(verb_question), self.text_norm(noun_question)
-        pooled_video = video.mean(dim=1)
-        pooled_verb = masked_mean(verb_question, verb_attention_mask)
-        pooled_noun = masked_mean(noun_question, noun_attention_mask)
-        return FusionOutput(
-            verb_features=pooled_video + pooled_verb,
-            noun_features=pooled_video + pooled_noun,
-            video_hidden_states=video,
-            verb_question_hidden_states=verb_question,
-            noun_question_hidden_states=noun_question,
-            pooled_video=pooled_video,
-            pooled_verb_question=pooled_verb,
-            pooled_noun_question=pooled_noun,
-            hidden_states=tuple(all_video) if all_video is not None else None,
+        return fusion_output_from_tokens(
+            video, verb_question, noun_question, verb_attention_mask, noun_attention_mask, all_video
         )
 
 
