@@ -22,11 +22,20 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_fusion_ablation_quick(tmp_path):
-    proc = run("fusion_ablation.py", "--quick", "--work-dir", str(tmp_path / "work"), "--output-dir", str(tmp_path))
-    results = json.loads((tmp_path / "fusion_ablation.json").read_text())["results"]
+    proc = run(
+        "fusion_ablation.py", "--quick", "--seeds", "0,1", "--work-dir", str(tmp_path / "work"),
+        "--output-dir", str(tmp_path),
+    )  # fmt: skip
+    report = json.loads((tmp_path / "fusion_ablation.json").read_text())
+    results, runs = report["results"], report["runs"]
     assert [r["fusion"] for r in results] == ["mamba", "transformer 6x4", "mlp"]
-    assert all(0 <= r["action_top1"] <= 100 and r["steps"] > 0 for r in results)
-    assert "| mamba |" in (tmp_path / "fusion_ablation.md").read_text() and "| mlp |" in proc.stdout
+    assert sorted((r["fusion"], r["seed"]) for r in runs) == sorted((f, s) for f in ("mamba", "transformer 6x4", "mlp")
+                                                                   for s in (0, 1))  # fmt: skip
+    assert all(0 <= r["action_top1"] <= 100 and r["steps"] > 0 for r in runs)
+    for row in results:  # the table's mean is the mean of the seeds' runs
+        seeds = [r["action_top1"] for r in runs if r["fusion"] == row["fusion"]]
+        assert row["action_top1"] == pytest.approx(sum(seeds) / 2, abs=0.01)
+    assert "| mamba | " in (tmp_path / "fusion_ablation.md").read_text() and " ± " in proc.stdout
 
 
 @pytest.mark.slow

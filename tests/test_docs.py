@@ -98,7 +98,8 @@ def test_pages_and_guide_files_exist():
         assert (DOCS / f"{page}.md").is_file(), page
     for image in ("ssm_fusion.png", "scan_modes.png"):
         assert (DOCS / "_static" / image).stat().st_size > 10_000, image
-    for result in ("scan_cpu.md", "efficiency.md", "fusion_scaling_cpu.md", "fusion_scaling_cpu.png"):
+    for result in ("scan_cpu.md", "efficiency.md", "fusion_scaling_cpu.md", "fusion_scaling_cpu.png",
+                   "fusion_ablation.md"):  # fmt: skip
         assert (REPO / "benchmarks" / "results" / result).is_file(), f"docs/benchmarks.md includes {result}"
 
 
