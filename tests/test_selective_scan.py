@@ -424,6 +424,20 @@ def test_cuda_backend_casts_to_the_kernel_dtypes(fresh_warnings, monkeypatch):
     assert seen["io"] == torch.float32 and out.dtype == torch.bfloat16
 
 
+def test_auto_on_cuda_without_mamba_ssm_logs_once(fresh_warnings, monkeypatch, caplog):
+    monkeypatch.setattr(ss_mod, "_import_mamba_ssm", lambda: (None, "ImportError: no selective_scan_cuda"))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    x = _args()
+    args = [x[k] for k in NAMES]
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="mambavl.ops.selective_scan"):
+        warnings.simplefilter("error")
+        out = selective_scan(*args, True, backend="auto")
+        selective_scan(*args, True, backend="auto")
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and "no selective_scan_cuda" in logged[0] and "'torch' scan" in logged[0]
+    torch.testing.assert_close(out, selective_scan(*args, True, backend="torch"), rtol=0, atol=0)
+
+
 def test_auto_on_cpu_is_torch_and_silent():
     x = _args()
     args = [x[k] for k in NAMES]

@@ -35,7 +35,8 @@ Backends
     Inputs are cast to the dtypes the kernel checks (``A``, ``D``, ``delta_bias`` float32; the
     rest in one input dtype). mamba-ssm ignores the gradient of ``last_state``.
 ``"auto"``
-    ``"cuda"`` when the tensors are on CUDA and mamba-ssm imports, otherwise ``"torch"``.
+    ``"cuda"`` when the tensors are on CUDA and mamba-ssm imports, otherwise ``"torch"`` (on CUDA
+    without mamba-ssm it logs that once, at warning level, and raises no Python warning).
 
 Algorithm of the ``"torch"`` backend
 ------------------------------------
@@ -93,6 +94,7 @@ comparison the autograd of a naive scan keeps several ``b*d*l*n`` tensors.
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 
 import torch
@@ -141,6 +143,8 @@ def mamba_ssm_import_error() -> str | None:
     """Why mamba-ssm could not be imported, or ``None`` if it can."""
     return _import_mamba_ssm()[1]
 
+
+logger = logging.getLogger(__name__)
 
 _warned: set[str] = set()
 
@@ -505,6 +509,13 @@ def selective_scan(
 
     kernel_dtypes = all(t.dtype in _KERNEL_DTYPES for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None)
     if backend == "auto":
+        if u.is_cuda and kernel_dtypes and not is_mamba_ssm_available() and "auto" not in _warned:
+            _warned.add("auto")  # a performance note, not a problem: logged once, never raised as a warning
+            logger.warning(
+                "selective_scan: CUDA tensors, but mamba-ssm's kernel could not be imported (%s); using the "
+                "pure-PyTorch 'torch' scan (same results, slower). Install mambavl[cuda] for the fused kernel.",
+                mamba_ssm_import_error(),
+            )
         backend = "cuda" if u.is_cuda and kernel_dtypes and is_mamba_ssm_available() else "torch"
     elif backend == "cuda":
         if not is_mamba_ssm_available():
