@@ -135,7 +135,7 @@ def _demo_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="default: %(default)s")
-    p.add_argument("--epochs", type=int, default=30, help="default: %(default)s")
+    p.add_argument("--epochs", type=int, help="default: 30 (recognition), 80 (anticipation)")
     p.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="default: %(default)s")
     p.add_argument(
@@ -154,12 +154,12 @@ def _demo_parser(sub: Any) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from .data import decode_frames
-    from .demo import OBSERVATION_TIME, build_demo, evaluate_demo, train_demo
+    from .demo import DEFAULT_EPOCHS, OBSERVATION_TIME, build_demo, evaluate_demo, train_demo
 
     start = time.time()
     anticipation = args.task == "anticipation"
     out = args.output_dir
-    num_videos, epochs = (8, 2) if args.quick else (args.num_videos, args.epochs)
+    num_videos, epochs = (8, 2) if args.quick else (args.num_videos, args.epochs or DEFAULT_EPOCHS[args.task])
     data_dir = out / ("data-anticipation" if anticipation else "data")
     print(f"[1/5] synthetic egocentric dataset -> {data_dir}")
     try:

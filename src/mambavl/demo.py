@@ -16,10 +16,13 @@ from .data import EK100AnticipationDataset, EK100SegmentDataset, MambaVLCollator
 from .data.synthetic import SyntheticDatasetInfo
 from .training import TrainingConfig, TrainingResult, evaluate, train
 
-__all__ = ["DemoSetup", "build_demo", "evaluate_demo", "minilm_path", "train_demo"]
+__all__ = ["DEFAULT_EPOCHS", "DemoSetup", "build_demo", "evaluate_demo", "minilm_path", "train_demo"]
 
 NUM_FRAMES = 8
 ANTICIPATION_TIME, OBSERVATION_TIME, PREPARATION_TIME = 1.0, 1.5, 1.5
+#: Epochs per task: anticipating a verb from the hand's approach is a subtler cue than the action's own motion
+#: (verb top-1 ~20% after 30 epochs, ~83% after 80, on the default 64 videos).
+DEFAULT_EPOCHS = {"recognition": 30, "anticipation": 80}
 
 
 def minilm_path() -> str:
@@ -125,14 +128,16 @@ def train_demo(
     setup: DemoSetup,
     output_dir: str | os.PathLike,
     *,
-    epochs: int = 30,
+    epochs: int | None = None,
     batch_size: int = 16,
     learning_rate: float = 2e-3,
     seed: int = 0,
     progress_bar: bool = True,
 ) -> TrainingResult:
     """Train the demo model (on the CPU when there is no accelerator); ``result.model_dir`` holds the saved model
-    and processor."""
+    and processor. ``epochs=None`` takes the task's default (:data:`DEFAULT_EPOCHS`)."""
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS[setup.task]
     config = TrainingConfig(
         output_dir=Path(output_dir), num_epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         warmup_ratio=0.1, seed=seed, save_each_epoch=False, eval_each_epoch=False, resume_from_checkpoint="auto",
