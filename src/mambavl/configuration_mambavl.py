@@ -8,12 +8,14 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .ops.selective_scan import BACKENDS
+
 __all__ = ["FUSION_SCANS", "FUSION_TYPES", "SSM_BACKENDS", "TEXT_ENCODER_MODES", "MambaVLConfig"]
 
 TEXT_ENCODER_MODES = ("embeddings", "full")
 FUSION_TYPES = ("mamba", "transformer", "mlp")
 FUSION_SCANS = ("separate", "joint")
-SSM_BACKENDS = ("auto", "cuda", "torch", "reference")
+SSM_BACKENDS = BACKENDS  # the backends of mambavl.ops.selective_scan
 
 # Width of the video tokens assumed when neither `video_config` nor `video_feature_size` is given:
 # a ViT-B video transformer (ORViT, AVION/LaViLa ViT-B), as in the paper.

@@ -17,6 +17,7 @@ from .configuration_mambavl import MambaVLConfig
 from .fusion import build_fusion
 from .fusion.common import masked_mean
 from .fusion.ssm_fusion import SelectiveMixer, SSMFusion, init_fusion_weights, init_mixer_weights
+from .metrics import IGNORE_INDEX
 
 __all__ = [
     "MambaVLActionRecognitionOutput",
@@ -27,8 +28,6 @@ __all__ = [
     "MambaVLPreTrainedModel",
     "masked_mean",
 ]
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -13,14 +13,13 @@ import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .metrics import IGNORE_INDEX
 from .questions import QuestionBuilder
 from .video_processing_mambavl import MambaVLVideoProcessor
 
 __all__ = ["MambaVLProcessor"]
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 class MambaVLProcessor(ProcessorMixin):

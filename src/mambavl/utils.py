@@ -60,6 +60,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
 
 from .ops import selective_scan as _selective_scan
+from .ops.selective_scan import _compute_dtype
 
 __all__ = [
     "FlopReport",
@@ -69,9 +70,6 @@ __all__ = [
     "count_selective_scans",
     "selective_scan_flops",
 ]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
 
 # --------------------------------------------------------------------------------------------
 # parameters
@@ -150,6 +148,7 @@ def count_parameters(model: nn.Module) -> ParameterCount:
     text_projection_params = _unique_parameters(text_projection)
     text_params = {k: v for k, v in _unique_parameters(text_encoder).items() if k not in text_projection_params}
     fusion_params = _unique_parameters(getattr(base, "fusion", None))
+    base_params = _unique_parameters(base)
     return ParameterCount(
         total=_numel(everything),
         trainable=sum(p.numel() for p in everything.values() if p.requires_grad),
@@ -159,7 +158,7 @@ def count_parameters(model: nn.Module) -> ParameterCount:
         video_encoder=_numel(_unique_parameters(getattr(base, "video_encoder", None))),
         video_projection=_numel(_unique_parameters(getattr(base, "video_projection", None))),
         text_encoder=_numel(text_params),
-        heads=_numel({k: v for k, v in everything.items() if k not in _unique_parameters(base)}),
+        heads=_numel({k: v for k, v in everything.items() if k not in base_params}),
     )
 
 
@@ -194,11 +193,6 @@ def selective_scan_flops(
             raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
     elementwise = batch * dim * length
     return 9 * elementwise * state_size + elementwise * (int(with_D) + int(with_z))
-
-
-def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors if t is not None))
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
 @functools.cache

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["MambaVLCollator"]
+from ..metrics import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+__all__ = ["MambaVLCollator"]
 
 
 class MambaVLCollator:

@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..metrics import IGNORE_INDEX
 from .video import (
     FrameIndexError,
     VideoDecodingError,
@@ -66,8 +67,6 @@ __all__ = [
     "timestamp_to_seconds",
 ]
 
-#: Label value used for unlabeled segments (PyTorch's cross-entropy ``ignore_index``).
-IGNORE_INDEX = -100
 
 #: Columns of an EK100 train/validation annotation file, in file order.
 ANNOTATION_COLUMNS = (

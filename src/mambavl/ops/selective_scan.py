@@ -202,11 +202,14 @@ def _validate(u, delta, A, B, C, D, z, delta_bias):
             )
 
 
+def _promoted_dtype(*tensors) -> torch.dtype:
+    """The type promotion of the given tensors' dtypes (``None`` entries skipped)."""
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors if t is not None))
+
+
 def _compute_dtype(*tensors) -> torch.dtype:
-    dtype = None
-    for t in tensors:
-        if t is not None:
-            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    """The dtype the scan computes in: the promotion of its inputs, with float16 / bfloat16 raised to float32."""
+    dtype = _promoted_dtype(*tensors)
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
@@ -509,14 +512,15 @@ def selective_scan(
 
     kernel_dtypes = all(t.dtype in _KERNEL_DTYPES for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None)
     if backend == "auto":
-        if u.is_cuda and kernel_dtypes and not is_mamba_ssm_available() and "auto" not in _warned:
+        kernel_applies = u.is_cuda and kernel_dtypes
+        if kernel_applies and not is_mamba_ssm_available() and "auto" not in _warned:
             _warned.add("auto")  # a performance note, not a problem: logged once, never raised as a warning
             logger.warning(
                 "selective_scan: CUDA tensors, but mamba-ssm's kernel could not be imported (%s); using the "
                 "pure-PyTorch 'torch' scan (same results, slower). Install mambavl[cuda] for the fused kernel.",
                 mamba_ssm_import_error(),
             )
-        backend = "cuda" if u.is_cuda and kernel_dtypes and is_mamba_ssm_available() else "torch"
+        backend = "cuda" if kernel_applies and is_mamba_ssm_available() else "torch"
     elif backend == "cuda":
         if not is_mamba_ssm_available():
             _warn_once(
@@ -559,7 +563,7 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     differentiable, so gradients reach every input in its own dtype. mamba-ssm does not
     back-propagate through ``last_state`` (its backward ignores that gradient).
     """
-    io = functools.reduce(torch.promote_types, (t.dtype for t in (u, delta, B, C, z) if t is not None))
+    io = _promoted_dtype(u, delta, B, C, z)
 
     def cast(t, dtype):
         return None if t is None else t.to(dtype)
