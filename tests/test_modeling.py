@@ -224,6 +224,20 @@ def test_from_pretrained_backbones_copies_the_backbones(tmp_path):
         MambaVLModel.from_pretrained_backbones(video=video)
 
 
+def test_frozen_video_encoder_stays_in_eval_mode_and_has_no_gradient():
+    config = tiny_config(video_config=tiny_video_config(), video_feature_size=None, freeze_video_encoder=True)
+    model = MambaVLForActionRecognition(config).train()
+    video_encoder = model.mambavl.video_encoder
+    assert not video_encoder.training and not any(m.training for m in video_encoder.modules())
+    assert model.mambavl.video_projection.training and model.mambavl.fusion.training
+    assert not any(p.requires_grad for p in video_encoder.parameters())
+    assert (
+        MambaVLForActionRecognition(tiny_config(video_config=tiny_video_config(), video_feature_size=None))
+        .train()
+        .mambavl.video_encoder.training
+    )
+
+
 def test_frozen_text_encoder_stays_in_eval_mode_and_has_no_gradient():
     model = MambaVLForActionRecognition(tiny_config(text_config=tiny_text_config(hidden_dropout_prob=0.5)))
     model.train()

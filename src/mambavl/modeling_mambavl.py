@@ -110,18 +110,16 @@ class MambaVLTextEncoder(nn.Module):
         super().__init__()
         self.mode = config.text_encoder_mode
         model = AutoModel.from_config(config.text_config)
+        # "embeddings": keep only the embedding layer (word + position (+ type) embeddings and their norm for
+        # BERT-like models; the input embedding table otherwise), so the unused transformer layers cost nothing.
+        embeddings = getattr(model, "embeddings", None)
+        has_embeddings_module = isinstance(embeddings, nn.Module) and not isinstance(embeddings, nn.Embedding)
+        self.embeddings_take_ids = self.mode == "embeddings" and has_embeddings_module
+        self.encoder = self._encoder_part(model)
         if self.mode == "embeddings":
-            # Keep only the embedding layer (word + position (+ type) embeddings and their norm for BERT-like
-            # models; the input embedding table otherwise), so the unused transformer layers cost nothing.
-            embeddings = getattr(model, "embeddings", None)
-            self.embeddings_take_ids = isinstance(embeddings, nn.Module) and not isinstance(embeddings, nn.Embedding)
-            self.encoder = embeddings if self.embeddings_take_ids else model.get_input_embeddings()
             # Detached from its PreTrainedModel, the embedding layer's non-persistent buffers (BERT-family
             # `position_ids`, `token_type_ids`) are (re)initialised by MambaVLPreTrainedModel._init_weights.
             self.encoder._mambavl_text_embeddings = True
-        else:
-            self.embeddings_take_ids = False
-            self.encoder = model
         _set_frozen(self.encoder, config.freeze_text_encoder)
         width, hidden = config.text_config.hidden_size, config.text_projection_hidden_size
         self.projection = nn.Sequential(
@@ -129,21 +127,15 @@ class MambaVLTextEncoder(nn.Module):
             nn.Linear(hidden, config.hidden_size),
         )  # fmt: skip
 
+    def _encoder_part(self, model: PreTrainedModel) -> nn.Module:
+        """The part of a text model this encoder keeps: all of it, its embeddings module, or its input embeddings."""
+        if self.mode == "full":
+            return model
+        return model.embeddings if self.embeddings_take_ids else model.get_input_embeddings()
+
     def load_backbone(self, model: PreTrainedModel) -> None:
         """Copy the weights of a pretrained text model (of ``config.text_config``'s architecture) into the encoder."""
-        if self.mode == "full":
-            source = model
-        elif self.embeddings_take_ids:
-            source = model.embeddings
-        else:
-            source = model.get_input_embeddings()
-        self.encoder.load_state_dict(source.state_dict())
-
-    def train(self, mode: bool = True) -> MambaVLTextEncoder:
-        super().train(mode)
-        if _is_frozen(self.encoder):
-            self.encoder.eval()  # a frozen encoder never uses dropout
-        return self
+        self.encoder.load_state_dict(self._encoder_part(model).state_dict())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encode ``input_ids (B, L)`` to ``(B, L, hidden_size)``."""
@@ -168,6 +160,14 @@ class MambaVLPreTrainedModel(PreTrainedModel):
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["MambaFusionLayer", "TransformerFusionLayer"]
+
+    def train(self, mode: bool = True) -> MambaVLPreTrainedModel:
+        """Set training mode, except for frozen backbones, which always run in eval mode (no dropout)."""
+        super().train(mode)
+        for module in self.modules():
+            if _is_frozen(module):
+                module.eval()
+        return self
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -266,12 +266,6 @@ class MambaVLModel(MambaVLPreTrainedModel):
         self.fusion = build_fusion(config)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def train(self, mode: bool = True) -> MambaVLModel:
-        super().train(mode)
-        if _is_frozen(self.video_encoder):
-            self.video_encoder.eval()
-        return self
 
     def encode_video(
         self, pixel_values: torch.Tensor | None = None, video_features: torch.Tensor | None = None

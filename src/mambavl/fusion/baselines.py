@@ -259,7 +259,7 @@ class MLPFusion(nn.Module):
     def __init__(self, config: MambaVLConfig):
         super().__init__()
         self.hidden_size = config.hidden_size
-        hidden = config.fusion_mlp_hidden_size or 2 * config.hidden_size
+        hidden = config.fusion_mlp_hidden_size  # the config defaults it to 2 * hidden_size
         self.norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_epsilon)
         self.mlp = nn.Sequential(
             nn.Linear(2 * config.hidden_size, hidden), nn.GELU(), nn.Linear(hidden, config.hidden_size)

@@ -136,8 +136,7 @@ class SSMFusion(nn.Module):
     def __init__(self, config: MambaVLConfig):
         super().__init__()
         self.config = config
-        A = torch.arange(1, config.state_size + 1, dtype=torch.float32).repeat(config.intermediate_size, 1)
-        self.A_log = nn.Parameter(torch.log(A))  # S4D-real initialisation, A = -(1..N) per channel
+        self.A_log = nn.Parameter(s4d_real_A_log(config.intermediate_size, config.state_size))
         self.A_log._no_weight_decay = True
         self.video_mixer = SelectiveMixer(config)
         self.text_mixer = SelectiveMixer(config)
@@ -269,9 +268,13 @@ def init_mixer_weights(mixer: SelectiveMixer, config: MambaVLConfig) -> None:
     init.ones_(mixer.D)
 
 
+def s4d_real_A_log(d_inner: int, state_size: int) -> torch.Tensor:
+    """S4D-real initialisation of ``A_log``, ``(d_inner, state_size)``: ``A = -exp(A_log)``, ``A[:, n] = -(n + 1)``."""
+    return torch.log(torch.arange(1, state_size + 1, dtype=torch.float32)).repeat(d_inner, 1)
+
+
 def init_fusion_weights(fusion: SSMFusion) -> None:
-    """S4D-real initialisation of the shared ``A_log``: ``A[:, n] = -(n + 1)``."""
+    """S4D-real initialisation of the shared ``A_log`` (:func:`s4d_real_A_log`)."""
     from transformers import initialization as init
 
-    n = fusion.A_log.shape[1]
-    init.copy_(fusion.A_log, torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand_as(fusion.A_log))
+    init.copy_(fusion.A_log, s4d_real_A_log(*fusion.A_log.shape))
