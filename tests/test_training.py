@@ -145,6 +145,16 @@ def test_multi_view_evaluation_averages_views(synthetic):
     torch.testing.assert_close(multi["predictions"]["verb_scores"][:2], expected)
 
 
+def test_collator_refuses_items_with_different_numbers_of_views(synthetic):
+    collate = MambaVLCollator(make_processor(synthetic))
+    frames = lambda views: {"frames": torch.zeros(views, 4, 8, 8, 3, dtype=torch.uint8)}  # noqa: E731
+    # 3 + 1 + 2 = 6 clips is also 2 views x 3 items: the counts themselves must agree
+    with pytest.raises(ValueError, match=r"same number of views; got \[1, 2, 3\]"):
+        collate([frames(3), frames(1), frames(2)])
+    with pytest.raises(ValueError, match="same number of views"):
+        collate([frames(2), frames(3)])
+
+
 def test_training_config_validation(tmp_path):
     for field, value in (("batch_size", 0), ("mixed_precision", "fp8"), ("task", "captioning"), ("warmup_ratio", 1)):
         with pytest.raises(ValueError, match=field):

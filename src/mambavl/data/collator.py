@@ -70,19 +70,18 @@ class MambaVLCollator:
                 f"Every item needs `frames` (T, H, W, 3) or `video_features` (T, D); got keys {sorted(items[0])}."
             )
         base_rank = 4 if field == "frames" else 2
-        ranks = {torch.as_tensor(item[field]).dim() for item in items}
-        if len(ranks) != 1 or ranks.pop() not in (base_rank, base_rank + 1):
+        values = [torch.as_tensor(item[field]) for item in items]
+        ranks = {value.dim() for value in values}
+        if len(ranks) != 1 or (rank := ranks.pop()) not in (base_rank, base_rank + 1):
             raise ValueError(f"Items' `{field}` must all be {base_rank}-D, or all {base_rank + 1}-D with views.")
-        clips, views = [], 1
-        for item in items:
-            value = torch.as_tensor(item[field])
-            if value.dim() == base_rank + 1:
-                views = value.shape[0]
-                clips.extend(value.unbind(0))
-            else:
-                clips.append(value)
-        if len(clips) != views * len(items):
-            raise ValueError("All items must have the same number of views.")
+        if rank == base_rank:
+            clips, views = values, 1
+        else:
+            view_counts = sorted({value.shape[0] for value in values})
+            if len(view_counts) != 1:
+                raise ValueError(f"All items must have the same number of views; got {view_counts}.")
+            views = view_counts[0]
+            clips = [clip for value in values for clip in value.unbind(0)]
 
         keys = [str(item.get("narration_id", i)) for i, item in enumerate(items)]
         verbs = [_class_id(item.get("verb_class")) for item in items]
