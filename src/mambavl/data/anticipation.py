@@ -87,21 +87,16 @@ class EK100AnticipationDataset(EK100SegmentDataset):
         if too_early not in ("clamp", "skip"):
             raise ValueError(f"`too_early` must be 'clamp' or 'skip', got {too_early!r}.")
         self.anticipation_time, self.observation_time, self.too_early = anticipation_time, observation_time, too_early
-        self._windows: dict[str, tuple[int, int]] = {}  # filled lazily; the parent's checks call segment_bounds
         super().__init__(annotations, source, **kwargs)
         clamped = [p for p in self.positions if self._window(self.annotations[p])[2]]
         if clamped and too_early == "skip":
-            dropped = set(clamped)
-            self.skipped += [
+            self._exclude([
                 SkippedSegment(
-                    p,
-                    str(self.annotations[p]["narration_id"]),
-                    str(self.annotations[p]["video_id"]),
+                    p, str(self.annotations[p]["narration_id"]), str(self.annotations[p]["video_id"]),
                     "observed window starts before the video",
                 )
                 for p in clamped
-            ]
-            self.positions = [p for p in self.positions if p not in dropped]
+            ])  # fmt: skip
         if clamped:
             logger.info(
                 "%d of %d segments start less than anticipation_time + observation_time = %.2f s after their video "
@@ -119,8 +114,5 @@ class EK100AnticipationDataset(EK100SegmentDataset):
 
     def segment_bounds(self, row: Mapping[str, Any]) -> tuple[int, int]:
         """The observed window ``(first, last)`` (EK100 frame numbers) before the action of ``row``."""
-        key = str(row["narration_id"])
-        if key not in self._windows:
-            first, last, _ = self._window(row)
-            self._windows[key] = (first, last)
-        return self._windows[key]
+        first, last, _ = self._window(row)
+        return first, last

@@ -365,7 +365,7 @@ def load_annotations(
     path = os.fspath(path)
     verb_list = _as_class_list(verb_classes)
     noun_list = _as_class_list(noun_classes)
-    df = _read_table(path, allow_pickle).reset_index(drop=True)
+    df = _read_table(path, allow_pickle)  # a RangeIndex
 
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -832,29 +832,32 @@ class FeatureSource:
             self._cache.popitem(last=False)
         return array, feature_fps
 
-    def _rates(self, video_id: str) -> tuple[float | None, float | None]:
-        _, feature_fps = self._load(video_id)
-        return _per_video(self.video_fps, video_id, "video fps"), feature_fps
+    def _video(self, video_id: str) -> tuple[np.ndarray, float | None, float | None]:
+        """A video's features ``(N, D)`` with the video's and the features' rates (``None`` when unknown)."""
+        array, feature_fps = self._load(video_id)
+        return array, _per_video(self.video_fps, video_id, "video fps"), feature_fps
+
+    @staticmethod
+    def _frame_count(array: np.ndarray, video_fps: float | None, feature_fps: float | None) -> int:
+        if video_fps is None or feature_fps is None:
+            return len(array)
+        return math.ceil(len(array) * video_fps / feature_fps)
 
     def fps(self, video_id: str) -> float:
         """Frame rate of the annotation frame numbers: the video's native rate if given, else the features'."""
-        video_fps, feature_fps = self._rates(video_id)
+        _, video_fps, feature_fps = self._video(video_id)
         value = video_fps if video_fps is not None else feature_fps
         if value is None:
             raise ValueError(f"Unknown frame rate for {video_id!r}: pass video_fps or feature_fps")
         return value
 
     def num_frames(self, video_id: str) -> int:
-        array, _ = self._load(video_id)
-        video_fps, feature_fps = self._rates(video_id)
-        if video_fps is None or feature_fps is None:
-            return len(array)
-        return math.ceil(len(array) * video_fps / feature_fps)
+        return self._frame_count(*self._video(video_id))
 
     def get_frames(self, video_id: str, indices: Sequence[int]) -> np.ndarray:
-        array, _ = self._load(video_id)
+        array, video_fps, feature_fps = self._video(video_id)
         idx = np.asarray(list(indices), dtype=np.int64)
-        total = self.num_frames(video_id)
+        total = self._frame_count(array, video_fps, feature_fps)
         bad = idx[(idx < 0) | (idx >= total)]
         if bad.size:
             raise FrameIndexError(
@@ -862,12 +865,9 @@ class FeatureSource:
                 path=self.location(video_id),
                 index=int(bad[0]),
             )
-        video_fps, feature_fps = self._rates(video_id)
         if video_fps is not None and feature_fps is not None:
             idx = np.minimum(np.floor(idx * (feature_fps / video_fps)).astype(np.int64), len(array) - 1)
         return array[idx]
-
-    get_features = get_frames
 
     def feature_size(self, video_id: str | None = None) -> int:
         """Width ``D`` of the features (of ``video_id``, or of the first feature file in ``root``)."""
@@ -965,6 +965,7 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
             raise ValueError(f"`source.kind` must be 'frames' or 'features', got {kind!r}")
         self.annotations = annotations
         self.source = source
+        self.kind = kind
         self.num_frames = num_frames
         self.sampling = sampling
         self.num_views = num_views
@@ -977,9 +978,7 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         if on_error == "skip" or check_videos:
             problems = self.validate(decode=check_videos == "decode", raise_on_error=on_error == "raise")
             if problems:
-                bad = {p.position for p in problems}
-                self.positions = [p for p in self.positions if p not in bad]
-                self.skipped = problems
+                self._exclude(problems)
                 logger.warning(
                     "Skipped %d of %d segments that cannot be read (see .skipped); first: %s",
                     len(problems),
@@ -1004,10 +1003,11 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         """
         return int(row["start_frame"]), int(row["stop_frame"])
 
-    def sample_indices(self, row: Mapping[str, Any], rng: np.random.Generator | None) -> list[list[int]]:
-        """``num_views`` lists of ``num_frames`` EK100 frame numbers for ``row``."""
-        start, stop = self.segment_bounds(row)
-        return sample_frame_indices(start, stop, self.num_frames, self.sampling, self.num_views, rng)
+    def _exclude(self, problems: Sequence[SkippedSegment]) -> None:
+        """Drop the segments of ``problems`` from the dataset and record them in :attr:`skipped`."""
+        bad = {p.position for p in problems}
+        self.positions = [p for p in self.positions if p not in bad]
+        self.skipped = [*self.skipped, *problems]
 
     def _rng(self, position: int) -> np.random.Generator | None:
         if self.sampling != "random":
@@ -1039,12 +1039,8 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
                 reason = video_errors[vid]
             else:
                 start, stop = self.segment_bounds(row)
-                if not 1 <= start <= stop <= counts[vid]:
-                    reason = (
-                        f"frames {start}..{stop} (1-based) are outside {self._where(vid)!r}, which has "
-                        f"{counts[vid]} frames"
-                    )
-                elif decode:
+                reason = self._bounds_problem(vid, start, stop, counts[vid])
+                if reason is None and decode:
                     indices = sample_frame_indices(start, stop, self.num_frames, "center", self.num_views)
                     try:
                         self.source.get_frames(vid, sorted({i - 1 for view in indices for i in view}))
@@ -1059,6 +1055,12 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
                     )
                 problems.append(SkippedSegment(position, nid, vid, reason))
         return problems
+
+    def _bounds_problem(self, video_id: str, start: int, stop: int, total: int) -> str | None:
+        """Why frames ``start..stop`` (1-based) cannot be read from a video of ``total`` frames, or ``None``."""
+        if 1 <= start <= stop <= total:
+            return None
+        return f"frames {start}..{stop} (1-based) are outside {self._where(video_id)!r}, which has {total} frames"
 
     def _where(self, video_id: str) -> str:
         locate = getattr(self.source, "location", None)
@@ -1077,18 +1079,13 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         position = self.positions[index]
         row = self.annotations[position]
         nid, vid = str(row["narration_id"]), str(row["video_id"])
-        views = self.sample_indices(row, self._rng(position))
+        start, stop = self.segment_bounds(row)
+        views = sample_frame_indices(start, stop, self.num_frames, self.sampling, self.num_views, self._rng(position))
         flat = [i - 1 for view in views for i in view]  # EK100 frame k -> 0-based index k-1
         try:
-            start, stop = self.segment_bounds(row)
-            total = self.source.num_frames(vid)
-            if not 1 <= start <= stop <= total:  # never read part of a segment that is not there
-                raise FrameIndexError(
-                    f"Segment frames {start}..{stop} (1-based) are outside {self._where(vid)!r}, which has "
-                    f"{total} frames",
-                    path=self._where(vid),
-                    index=stop - 1,
-                )
+            problem = self._bounds_problem(vid, start, stop, self.source.num_frames(vid))
+            if problem is not None:  # never read part of a segment that is not there
+                raise FrameIndexError(f"Segment {problem}", path=self._where(vid), index=stop - 1)
             data = self.source.get_frames(vid, flat)
         except VideoDecodingError as exc:
             raise type(exc)(
@@ -1115,7 +1112,7 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         data = data.reshape(*shape, *data.shape[1:])
         indices = torch.tensor(views if self.num_views > 1 else views[0], dtype=torch.int64)
         item: dict[str, Any] = {}
-        if getattr(self.source, "kind", "frames") == "features":
+        if self.kind == "features":
             item["video_features"] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         else:
             item["frames"] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))

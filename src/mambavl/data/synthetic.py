@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .epic_kitchens import ANNOTATION_COLUMNS, seconds_to_timestamp
+from .epic_kitchens import ANNOTATION_COLUMNS, VideoFileSource, load_annotations, seconds_to_timestamp
 from .video import write_video
 
 logger = logging.getLogger(__name__)
@@ -169,14 +169,10 @@ class SyntheticDatasetInfo:
 
     def load_annotations(self, split: str):
         """The split's annotations as a ``datasets.Dataset`` (validated against the class lists)."""
-        from .epic_kitchens import load_annotations
-
         return load_annotations(self.annotations_path(split), self.verb_classes_path, self.noun_classes_path)
 
     def video_source(self, cache_size: int = 0):
         """A :class:`~mambavl.data.epic_kitchens.VideoFileSource` over the generated videos."""
-        from .epic_kitchens import VideoFileSource
-
         return VideoFileSource(self.videos_dir, layout="flat", extension=".mp4", cache_size=cache_size)
 
 

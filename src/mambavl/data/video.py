@@ -403,12 +403,6 @@ def write_video(
             container.mux(packet)
 
 
-def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    return np.random.default_rng(rng)
-
-
 def sample_frame_indices(
     start_frame: int,
     stop_frame: int,
@@ -455,7 +449,7 @@ def sample_frame_indices(
     bounds = np.arange(num_frames, dtype=np.float64) * seg
     views: list[list[int]] = []
     if mode == "random":
-        generator = _as_rng(rng)
+        generator = np.random.default_rng(rng)  # a Generator is returned as is
         offsets = generator.random((num_views, num_frames))
     else:
         offsets = np.broadcast_to(((np.arange(num_views) + 0.5) / num_views)[:, None], (num_views, num_frames))
