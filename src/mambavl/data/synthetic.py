@@ -629,7 +629,7 @@ def _render_video(
     def seconds(low_high: tuple[float, float]) -> float:
         return float(rng.uniform(*low_high))
 
-    plan: list[tuple[str, int, int | None]] = []  # (phase, n_frames, segment)
+    plan: list[tuple[str, int, int]] = []  # (phase, n_frames, segment)
     segments = []
     for k in range(len(labels)):
         plan.append(("idle", max(1, round(seconds(cfg["idle_duration"]) * fps)), k))
@@ -637,7 +637,7 @@ def _render_video(
             plan.append(("prep", max(1, round(cfg["preparation_time"] * fps)), k))
             plan.append(("hold", max(0, round(cfg["anticipation_gap"] * fps)), k))
         plan.append(("action", max(2, round(seconds(cfg["segment_duration"]) * fps)), k))
-    plan.append(("idle", max(1, round(cfg["idle_duration"][0] * fps)), None))
+    plan.append(("idle", max(1, round(cfg["idle_duration"][0] * fps)), len(labels) - 1))  # the last scene stays
     total = sum(n for _, n, _ in plan)
     shake_x, shake_y = _camera_shake(rng, total, cfg["size"], cfg["camera_shake"])
     pad = _shake_pad(cfg["size"])
@@ -649,12 +649,9 @@ def _render_video(
     words = [(_choose_instance(rng, verbs[v].instances), _choose_instance(rng, nouns[n].instances)) for v, n in labels]
     frames = np.empty((total, cfg["size"], cfg["size"], 3), np.uint8)
     pos = 0
-    last_noun_k = 0
-    for phase, n, k in plan:
+    for phase, n, seg in plan:
         if n == 0:
             continue
-        seg = k if k is not None else last_noun_k
-        last_noun_k = seg
         verb, noun, rest = verbs[labels[seg][0]], nouns[labels[seg][1]], rests[seg]
         u = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
         if phase == "action":
@@ -844,21 +841,10 @@ def generate_synthetic_dataset(
             labels[vi] = list(zip(vs[sl], ns[sl], strict=True))
 
     styles = {p: _kitchen_style(np.random.default_rng([seed, 2, p])) for p in range(1, num_participants + 1)}
-    cfg = {
-        "seed": seed,
-        "fps": float(fps),
-        "size": size,
-        "segment_duration": tuple(segment_duration),
-        "idle_duration": tuple(idle_duration),
-        "preparation_time": float(preparation_time),
-        "anticipation_gap": float(anticipation_gap),
-        "noise_std": tuple(noise_std),
-        "camera_shake": float(camera_shake),
-    }
     rows: dict[str, list[list[Any]]] = {"train": [], "validation": []}
     for i, vid in enumerate(video_ids):
-        participant = vid.split("_")[0]
-        frames, segments = _render_video(i, labels[i], verb_specs, noun_specs, styles[i % num_participants + 1], cfg)
+        participant = i % num_participants + 1
+        frames, segments = _render_video(i, labels[i], verb_specs, noun_specs, styles[participant], params)
         write_video(os.path.join(videos_dir, vid + ".mp4"), frames, fps, crf=crf, gop_size=max(1, round(fps)))
         split = "validation" if i in val_set else "train"
         for seg in segments:
@@ -870,7 +856,7 @@ def generate_synthetic_dataset(
             rows[split].append(
                 [
                     f"{vid}_{k}",
-                    participant,
+                    f"P{participant:02d}",
                     vid,
                     seconds_to_timestamp(start_s + 0.1 * (stop_s - start_s), decimals=3),
                     seconds_to_timestamp(start_s),
