@@ -299,13 +299,15 @@ class MambaVLProcessor(ProcessorMixin):
 
     def _tokenize(self, texts: list[str], name: str) -> Any:
         limit = self.max_question_length
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        encoded = self.tokenizer(texts, padding=True, return_tensors="pt", return_attention_mask=True)
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()  # right padding: valid tokens, specials included
         too_long = [i for i, n in enumerate(lengths) if n > limit]
-        if too_long:
-            logger.warning(
-                "%d %s question(s) longer than max_question_length=%d tokens were truncated (e.g. %r, %d tokens).",
-                len(too_long), name, limit, texts[too_long[0]], lengths[too_long[0]],
-            )  # fmt: skip
+        if not too_long:  # the usual case: one tokenization
+            return encoded
+        logger.warning(
+            "%d %s question(s) longer than max_question_length=%d tokens were truncated (e.g. %r, %d tokens).",
+            len(too_long), name, limit, texts[too_long[0]], lengths[too_long[0]],
+        )  # fmt: skip
         return self.tokenizer(
             texts, padding=True, truncation=True, max_length=limit, return_tensors="pt", return_attention_mask=True
         )

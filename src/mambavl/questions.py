@@ -229,7 +229,6 @@ def _word_kind(word: str) -> int:
     return _CONTENT
 
 
-@lru_cache(maxsize=65536)
 def word_forms(word: str) -> frozenset[str]:
     """Every form of one content word, lower-cased, via ``lemminflect`` (offline).
 
@@ -286,17 +285,7 @@ def phrase_word_forms(phrase: str) -> frozenset[str]:
     a single word is always a content word, whatever its kind ("can" the noun, not the modal).
     ``phrase_word_forms("turn-on")`` contains turn, turns, turned, turning and on.
     """
-    words = phrase_words(phrase)
-    if len(words) == 1:  # a one-word phrase is always a content word
-        return _inflected_forms(words[0])
-    out: set[str] = set()
-    for word in words:
-        kind = _word_kind(word)
-        if kind == _CONTENT:
-            out |= word_forms(word)
-        elif kind == _PARTICLE:
-            out.add(word)
-    return frozenset(out)
+    return frozenset(_compile((phrase,), (), True).everywhere)  # exactly what the strict matcher finds anywhere
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -484,6 +473,7 @@ def find_leaks(
 # ----------------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1024)  # templates are few and fixed, and parsed for every question
 def _template_fields(template: str) -> frozenset[str]:
     try:
         parsed = list(string.Formatter().parse(template))
@@ -1079,9 +1069,7 @@ class QuestionBuilder:
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
             raise ValueError(f"QuestionBuilder.from_dict: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-        if isinstance(kwargs.get("bank"), Mapping):
-            kwargs["bank"] = QuestionBank.from_dict(kwargs["bank"])
-        return cls(**kwargs)
+        return cls(**kwargs)  # a mapping `bank` becomes a QuestionBank in __init__
 
     def __repr__(self) -> str:
         return (
