@@ -100,7 +100,7 @@ def _dataset(args: argparse.Namespace, annotations: Path, source: Any, training:
     from .data import EK100AnticipationDataset, EK100SegmentDataset, load_annotations
 
     kwargs = dict(
-        num_frames=getattr(args, "num_frames", None) or processor.video_processor.num_frames,
+        num_frames=processor.video_processor.num_frames,  # what the model takes (--num-frames built the processor)
         sampling="random" if training else "center",
         num_views=1 if training else getattr(args, "num_views", 1),
         on_error="skip" if getattr(args, "skip_unreadable", False) else "raise",
@@ -262,11 +262,11 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     from .data import label_config, load_class_list
 
     model_class = _model_class(args.task)
-    verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
     if args.model:
         if args.text_backbone or args.video_backbone:
             raise SystemExit("Pass either --model or --text-backbone/--video-backbone, not both.")
         return model_class.from_pretrained(args.model), MambaVLProcessor.from_pretrained(args.model)
+    verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
     if not args.text_backbone:
         raise SystemExit("Pass --model (a saved MambaVL) or --text-backbone (with --video-backbone or features).")
     if args.video_backbone is None and args.features_root is None:

@@ -228,9 +228,20 @@ def find_last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     folder = Path(output_dir) / "checkpoints"
     if not folder.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
-    found = [(step, p) for step, p in found if (p / TRAINER_STATE_NAME).is_file()]
-    return max(found)[1] if found else None
+    found = [(step, p) for step, p in _checkpoints(folder) if (p / TRAINER_STATE_NAME).is_file()]
+    return found[-1][1] if found else None
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the ``step-N`` folders in ``folder``, by step."""
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)))
+
+
+def _save_model(accelerator: Any, model: torch.nn.Module, processor: Any, folder: Path) -> None:
+    """``save_pretrained`` of the unwrapped model and of the processor (if any) into ``folder``."""
+    accelerator.unwrap_model(model).save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -317,19 +328,13 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp / "model")
-        if processor is not None:
-            processor.save_pretrained(tmp / "model")
+        _save_model(accelerator, model, processor, tmp / "model")
         (tmp / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2, sort_keys=True))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
         if limit is not None:
-            steps = sorted(
-                (int(m.group(1)), p) for p in folder.parent.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))
-            )
-            for _, old in steps[:-limit]:
+            for _, old in _checkpoints(folder.parent)[:-limit]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
@@ -426,6 +431,7 @@ def train(
     )  # fmt: skip
     eval_metrics: dict[str, float] = state["history"][-1]["metrics"] if state["history"] else {}
     running: dict[str, float] = {}
+    pending: dict[str, list[torch.Tensor]] = {}  # this optimizer step's losses, still on the device
     model.train()
     while state["epoch"] < num_epochs and state["global_step"] < total_steps:
         epoch = state["epoch"]
@@ -447,10 +453,14 @@ def train(
                 optimizer.zero_grad()
             for name in ("loss", "verb_loss", "noun_loss"):
                 if getattr(out, name, None) is not None:
-                    running[name] = running.get(name, 0.0) + out[name].detach().float().item()
+                    pending.setdefault(name, []).append(out[name].detach())
             running["batches"] = running.get("batches", 0) + 1
             if not accelerator.sync_gradients:
                 continue
+            for name, values in pending.items():  # one device-to-host copy per optimizer step
+                for value in torch.stack(values).float().tolist():
+                    running[name] = running.get(name, 0.0) + value
+            pending = {}
             scheduler.step()
             state["global_step"] += 1
             state["step_in_epoch"] += 1
@@ -468,12 +478,8 @@ def train(
                 callback(record)
             if state["global_step"] >= total_steps:
                 break
-        else:
-            state["epoch"] += 1
-            state["step_in_epoch"] = 0
-        if state["global_step"] >= total_steps and state["step_in_epoch"]:
-            state["epoch"] += 1  # the step budget ended this (partial) epoch
-            state["step_in_epoch"] = 0
+        state["epoch"] += 1  # the epoch ended, or the step budget ended it
+        state["step_in_epoch"] = 0
         if eval_dataset is not None and cfg.eval_each_epoch:
             eval_metrics = evaluate(
                 model, eval_dataset, eval_collate_fn or collate_fn, batch_size=cfg.eval_batch_size or cfg.batch_size,
@@ -494,9 +500,7 @@ def train(
     model_dir = output_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(model_dir)
-        if processor is not None:
-            processor.save_pretrained(model_dir)
+        _save_model(accelerator, model, processor, model_dir)
     result = TrainingResult(
         global_step=state["global_step"], epochs_completed=state["epoch"], eval_metrics=eval_metrics,
         best_metric=state["best_metric"], model_dir=model_dir, history=state["history"],
