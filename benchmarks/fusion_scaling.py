@@ -197,10 +197,10 @@ def attention_kernels(device: str, hidden_size: int) -> str:
 
 
 def scan_backend(device: str) -> str:
-    """The selective-scan backend ``"auto"`` picks on ``device``."""
-    from mambavl.ops import is_mamba_ssm_available
+    """The selective-scan backend ``"auto"`` picks for float32 inputs on ``device``."""
+    from mambavl.ops import resolve_backend
 
-    if device.startswith("cuda") and is_mamba_ssm_available():
+    if resolve_backend("auto", torch.empty(1, device=device)) == "cuda":
         return "cuda (mamba-ssm kernel)"
     return "torch (pure PyTorch, chunked)"
 

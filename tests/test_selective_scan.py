@@ -438,6 +438,20 @@ def test_auto_on_cuda_without_mamba_ssm_logs_once(fresh_warnings, monkeypatch, c
     torch.testing.assert_close(out, selective_scan(*args, True, backend="torch"), rtol=0, atol=0)
 
 
+def test_resolve_backend_follows_the_dispatch(monkeypatch):
+    x = make_inputs(1, 2, 3, 2, dtype=torch.float32)
+    args = [x[k] for k in NAMES]
+    for backend, expected in (("auto", "torch"), ("cuda", "torch"), ("torch", "torch"), ("reference", "reference")):
+        assert ss_mod.resolve_backend(backend, *args) == expected  # CPU tensors
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        ss_mod.resolve_backend("fast", *args)
+    monkeypatch.setattr(ss_mod, "_import_mamba_ssm", lambda: (lambda *a, **k: None, None))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert ss_mod.resolve_backend("auto", *args) == ss_mod.resolve_backend("cuda", *args) == "cuda"
+    assert ss_mod.resolve_backend("auto", *[t.double() for t in args]) == "torch"  # the kernel has no float64
+    assert ss_mod.resolve_backend("torch", *args) == "torch"
+
+
 def test_auto_on_cpu_is_torch_and_silent():
     x = _args()
     args = [x[k] for k in NAMES]

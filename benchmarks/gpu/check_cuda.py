@@ -554,14 +554,11 @@ def compare_to_reference(result: dict, reference: dict) -> dict[str, Any]:
 
 
 def effective_scan_backend(requested: str, u: torch.Tensor, A: torch.Tensor) -> str:
-    """Which implementation ``selective_scan`` is expected to run for ``requested`` (mirrors its dispatch rules)."""
-    from mambavl.ops import is_mamba_ssm_available
+    """Which implementation ``selective_scan`` runs for ``requested`` (the library's own rule)."""
+    from mambavl.ops import resolve_backend
 
-    kernel_ok = u.is_cuda and is_mamba_ssm_available() and u.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    kernel_ok = kernel_ok and A.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    if requested in ("cuda", "auto"):
-        return "cuda" if kernel_ok else "torch" + (" (fallback)" if requested == "cuda" else "")
-    return requested
+    effective = resolve_backend(requested, u, None, A)
+    return effective + (" (fallback)" if requested == "cuda" and effective == "torch" else "")
 
 
 def section_scan_correctness(ctx: Context) -> dict[str, Any]:

@@ -104,6 +104,7 @@ __all__ = [
     "BACKENDS",
     "is_mamba_ssm_available",
     "mamba_ssm_import_error",
+    "resolve_backend",
     "selective_scan",
     "selective_scan_reference",
     "selective_scan_torch",
@@ -483,6 +484,52 @@ def selective_scan_torch(
 # --------------------------------------------------------------------------------------------
 
 
+def _kernel_blockers(*tensors: torch.Tensor | None) -> list[tuple[str, str]]:
+    """Why mamba-ssm's kernel cannot run on these scan inputs (``u`` first): ``(key, message)`` pairs, in the order
+    the ``"cuda"`` backend reports them; empty when it can run."""
+    u = tensors[0]
+    blockers = []
+    if not is_mamba_ssm_available():
+        blockers.append((
+            "import",
+            "selective_scan: backend 'cuda' needs mamba-ssm's selective_scan_fn, which could not be imported "
+            f"({mamba_ssm_import_error()}); falling back to the 'torch' backend.",
+        ))  # fmt: skip
+    if not u.is_cuda:
+        blockers.append((
+            "device",
+            f"selective_scan: backend 'cuda' needs CUDA tensors, got tensors on {u.device}; falling back to the "
+            "'torch' backend.",
+        ))  # fmt: skip
+    if not all(t.dtype in _KERNEL_DTYPES for t in tensors if t is not None):
+        blockers.append((
+            "dtype",
+            "selective_scan: mamba-ssm's kernel supports float32/float16/bfloat16, got "
+            + ", ".join(f"{name} {t.dtype}" for name, t in zip(_NAMES, tensors, strict=False) if t is not None)
+            + "; falling back to the 'torch' backend.",
+        ))  # fmt: skip
+    return blockers
+
+
+def resolve_backend(backend: str, *tensors: torch.Tensor | None) -> str:
+    """The implementation :func:`selective_scan` runs for ``backend`` on these inputs.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        *tensors: the scan's inputs in :func:`selective_scan`'s order (``u`` first; ``None`` for absent ones).
+            Their device and dtypes decide whether mamba-ssm's kernel can run.
+
+    Returns:
+        ``"cuda"``, ``"torch"`` or ``"reference"``: ``"auto"`` and ``"cuda"`` resolve to ``"cuda"`` when the
+        kernel imports, the tensors are on CUDA and every dtype is one the kernel takes, else to ``"torch"``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"resolve_backend: unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend in ("auto", "cuda"):
+        return "torch" if _kernel_blockers(*tensors) else "cuda"
+    return backend
+
+
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, backend="auto"
 ):
@@ -510,41 +557,20 @@ def selective_scan(
     _validate(u, delta, A, B, C, D, z, delta_bias)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
-    kernel_dtypes = all(t.dtype in _KERNEL_DTYPES for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None)
-    if backend == "auto":
-        kernel_applies = u.is_cuda and kernel_dtypes
-        if kernel_applies and not is_mamba_ssm_available() and "auto" not in _warned:
-            _warned.add("auto")  # a performance note, not a problem: logged once, never raised as a warning
+    if backend in ("auto", "cuda"):
+        blockers = _kernel_blockers(u, delta, A, B, C, D, z, delta_bias)
+        if backend == "cuda" and blockers:
+            _warn_once(*blockers[0])
+        elif backend == "auto" and [key for key, _ in blockers] == ["import"] and "auto" not in _warned:
+            # CUDA tensors of kernel dtypes, only the kernel is missing: a performance note, not a problem, so
+            # logged once and never raised as a Python warning.
+            _warned.add("auto")
             logger.warning(
                 "selective_scan: CUDA tensors, but mamba-ssm's kernel could not be imported (%s); using the "
                 "pure-PyTorch 'torch' scan (same results, slower). Install mambavl[cuda] for the fused kernel.",
                 mamba_ssm_import_error(),
             )
-        backend = "cuda" if kernel_applies and is_mamba_ssm_available() else "torch"
-    elif backend == "cuda":
-        if not is_mamba_ssm_available():
-            _warn_once(
-                "import",
-                "selective_scan: backend 'cuda' needs mamba-ssm's selective_scan_fn, "
-                f"which could not be imported ({mamba_ssm_import_error()}); "
-                "falling back to the 'torch' backend.",
-            )
-            backend = "torch"
-        elif not u.is_cuda:
-            _warn_once(
-                "device",
-                f"selective_scan: backend 'cuda' needs CUDA tensors, got tensors on "
-                f"{u.device}; falling back to the 'torch' backend.",
-            )
-            backend = "torch"
-        elif not kernel_dtypes:
-            _warn_once(
-                "dtype",
-                "selective_scan: mamba-ssm's kernel supports float32/float16/bfloat16, got "
-                + ", ".join(f"{name} {t.dtype}" for name, t in zip(_NAMES, args, strict=False) if t is not None)
-                + "; falling back to the 'torch' backend.",
-            )
-            backend = "torch"
+        backend = "torch" if blockers else "cuda"
 
     if backend == "torch":
         return selective_scan_torch(*args)
