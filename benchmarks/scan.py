@@ -47,6 +47,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -226,7 +227,6 @@ def worker(args) -> dict:
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    times_sorted = sorted(times)
     probe_after = _probe_us()
     return {
         "impl": args.impl,
@@ -235,10 +235,8 @@ def worker(args) -> dict:
         "threads": torch.get_num_threads(),
         "first_call_s": first_s,
         "times_s": times,
-        "median_s": times_sorted[len(times) // 2]
-        if len(times) % 2
-        else 0.5 * (times_sorted[len(times) // 2 - 1] + times_sorted[len(times) // 2]),
-        "min_s": times_sorted[0],
+        "median_s": statistics.median(times),
+        "min_s": min(times),
         "repeats": repeats,
         "peak_extra_rss_bytes": peak,
         "rel_diff_vs_torch": rel_diff,
