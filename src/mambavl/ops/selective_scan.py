@@ -484,31 +484,32 @@ def selective_scan_torch(
 # --------------------------------------------------------------------------------------------
 
 
-def _kernel_blockers(*tensors: torch.Tensor | None) -> list[tuple[str, str]]:
-    """Why mamba-ssm's kernel cannot run on these scan inputs (``u`` first): ``(key, message)`` pairs, in the order
-    the ``"cuda"`` backend reports them; empty when it can run."""
-    u = tensors[0]
+def _kernel_blockers(*tensors: torch.Tensor | None) -> list[str]:
+    """Why mamba-ssm's kernel cannot run on these scan inputs (``u`` first), in the order the ``"cuda"`` backend
+    reports them: ``"import"``, ``"device"``, ``"dtype"``; empty when it can run. Cheap: no message is built."""
     blockers = []
     if not is_mamba_ssm_available():
-        blockers.append((
-            "import",
-            "selective_scan: backend 'cuda' needs mamba-ssm's selective_scan_fn, which could not be imported "
-            f"({mamba_ssm_import_error()}); falling back to the 'torch' backend.",
-        ))  # fmt: skip
-    if not u.is_cuda:
-        blockers.append((
-            "device",
-            f"selective_scan: backend 'cuda' needs CUDA tensors, got tensors on {u.device}; falling back to the "
-            "'torch' backend.",
-        ))  # fmt: skip
+        blockers.append("import")
+    if not tensors[0].is_cuda:
+        blockers.append("device")
     if not all(t.dtype in _KERNEL_DTYPES for t in tensors if t is not None):
-        blockers.append((
-            "dtype",
-            "selective_scan: mamba-ssm's kernel supports float32/float16/bfloat16, got "
-            + ", ".join(f"{name} {t.dtype}" for name, t in zip(_NAMES, tensors, strict=False) if t is not None)
-            + "; falling back to the 'torch' backend.",
-        ))  # fmt: skip
+        blockers.append("dtype")
     return blockers
+
+
+def _fallback_message(blocker: str, *tensors: torch.Tensor | None) -> str:
+    """The warning of the ``"cuda"`` backend falling back to ``"torch"`` because of ``blocker``."""
+    if blocker == "import":
+        problem = (
+            "backend 'cuda' needs mamba-ssm's selective_scan_fn, which could not be imported "
+            f"({mamba_ssm_import_error()})"
+        )
+    elif blocker == "device":
+        problem = f"backend 'cuda' needs CUDA tensors, got tensors on {tensors[0].device}"
+    else:
+        dtypes = ", ".join(f"{name} {t.dtype}" for name, t in zip(_NAMES, tensors, strict=False) if t is not None)
+        problem = f"mamba-ssm's kernel supports float32/float16/bfloat16, got {dtypes}"
+    return f"selective_scan: {problem}; falling back to the 'torch' backend."
 
 
 def resolve_backend(backend: str, *tensors: torch.Tensor | None) -> str:
@@ -560,8 +561,8 @@ def selective_scan(
     if backend in ("auto", "cuda"):
         blockers = _kernel_blockers(u, delta, A, B, C, D, z, delta_bias)
         if backend == "cuda" and blockers:
-            _warn_once(*blockers[0])
-        elif backend == "auto" and [key for key, _ in blockers] == ["import"] and "auto" not in _warned:
+            _warn_once(blockers[0], _fallback_message(blockers[0], u, delta, A, B, C, D, z, delta_bias))
+        elif backend == "auto" and blockers == ["import"] and "auto" not in _warned:
             # CUDA tensors of kernel dtypes, only the kernel is missing: a performance note, not a problem, so
             # logged once and never raised as a Python warning.
             _warned.add("auto")
