@@ -9,14 +9,10 @@ import torch.nn.functional as F
 from mambavl import MambaVLForActionRecognition, MambaVLModel
 from mambavl.fusion import FusionOutput, build_fusion, masked_mean
 from mambavl.fusion.baselines import MLPFusion, TransformerFusion, TransformerFusionLayer
-from tiny import tiny_config, tiny_inputs
+from tiny import enable_activation_checkpointing, parameter_grads, tiny_config, tiny_inputs, tiny_labels
 
 FUSION_TYPES = ["mamba", "transformer", "mlp"]
 FUSION_CLASSES = {"transformer": TransformerFusion, "mlp": MLPFusion}
-
-
-def labels(batch: int = 2) -> dict[str, torch.Tensor]:
-    return {"verb_labels": torch.arange(batch) % 5, "noun_labels": torch.arange(batch) % 7}
 
 
 def config_for(fusion_type: str, **overrides):
@@ -41,7 +37,7 @@ def test_forward_backward_shapes_and_loss(fusion_type):
     model = MambaVLForActionRecognition(config_for(fusion_type))
     if fusion_type in FUSION_CLASSES:
         assert isinstance(model.mambavl.fusion, FUSION_CLASSES[fusion_type])
-    out = model(**tiny_inputs(), **labels())
+    out = model(**tiny_inputs(), **tiny_labels())
     assert out.verb_logits.shape == (2, 5) and out.noun_logits.shape == (2, 7)
     assert out.verb_features.shape == (2, 32) and out.noun_features.shape == (2, 32)
     if fusion_type == "mlp":
@@ -51,8 +47,8 @@ def test_forward_backward_shapes_and_loss(fusion_type):
     # Same heads and loss for every fusion: logits = Linear(features), loss = CE(verb) + CE(noun).
     torch.testing.assert_close(out.verb_logits, model.verb_head(out.verb_features))
     torch.testing.assert_close(out.noun_logits, model.noun_head(out.noun_features))
-    expected = F.cross_entropy(out.verb_logits, labels()["verb_labels"]) + F.cross_entropy(
-        out.noun_logits, labels()["noun_labels"]
+    expected = F.cross_entropy(out.verb_logits, tiny_labels()["verb_labels"]) + F.cross_entropy(
+        out.noun_logits, tiny_labels()["noun_labels"]
     )
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
@@ -142,19 +138,13 @@ def test_transformer_gradient_checkpointing_gives_the_same_gradients():
     model = MambaVLForActionRecognition(config_for("transformer"))
     inputs = tiny_inputs()
 
-    def grads():
-        model.zero_grad()
-        model(**inputs, **labels()).loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain = grads()
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable()
+    plain = parameter_grads(model, inputs)
+    enable_activation_checkpointing(model)
     layers = [m for m in model.modules() if isinstance(m, TransformerFusionLayer)]
     assert len(layers) == 2 and all(layer.gradient_checkpointing for layer in layers)
     calls = []  # the layer checkpoints `forward`, not `__call__`: a submodule's hook sees the recomputation
     hooks = [layer.attention.register_forward_hook(lambda *args: calls.append(1)) for layer in layers]
-    checkpointed = grads()
+    checkpointed = parameter_grads(model, inputs)
     for hook in hooks:
         hook.remove()
     assert len(calls) == 4, "each checkpointed layer runs again in the backward pass"

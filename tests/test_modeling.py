@@ -11,18 +11,22 @@ from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification,
 import mambavl.fusion.ssm_fusion as ssm_fusion_module
 from mambavl import MambaVLConfig, MambaVLForActionRecognition, MambaVLModel
 from mambavl.fusion import SSMFusion
-from tiny import tiny_config, tiny_inputs, tiny_text_config, tiny_video_config
-
-
-def labels(batch: int = 2) -> dict[str, torch.Tensor]:
-    return {"verb_labels": torch.arange(batch) % 5, "noun_labels": torch.arange(batch) % 7}
+from tiny import (
+    enable_activation_checkpointing,
+    parameter_grads,
+    tiny_config,
+    tiny_inputs,
+    tiny_labels,
+    tiny_text_config,
+    tiny_video_config,
+)
 
 
 @pytest.mark.parametrize("fusion_scan", ["separate", "joint"])
 def test_forward_backward_with_video_features(fusion_scan):
     torch.manual_seed(0)
     model = MambaVLForActionRecognition(tiny_config(fusion_scan=fusion_scan, num_fusion_layers=2))
-    out = model(**tiny_inputs(), **labels())
+    out = model(**tiny_inputs(), **tiny_labels())
     assert out.verb_logits.shape == (2, 5) and out.noun_logits.shape == (2, 7)
     assert out.video_hidden_states.shape == (2, 6, 32)
     assert torch.allclose(out.loss, out.verb_loss + out.noun_loss)
@@ -38,7 +42,7 @@ def test_forward_backward_with_pixel_values():
     inputs = tiny_inputs()
     del inputs["video_features"]
     pixel_values = torch.randn(2, 4, 3, 16, 16)
-    out = model(pixel_values=pixel_values, **inputs, **labels())
+    out = model(pixel_values=pixel_values, **inputs, **tiny_labels())
     assert out.video_hidden_states.shape == (2, 8, 32)  # 2 tubelets x 2 x 2 patches
     out.loss.backward()
     assert model.mambavl.video_encoder.embeddings.patch_embeddings.projection.weight.grad is not None
@@ -247,7 +251,7 @@ def test_frozen_text_encoder_stays_in_eval_mode_and_has_no_gradient():
     model.eval()
     unfrozen = MambaVLForActionRecognition(tiny_config(freeze_text_encoder=False)).train()
     assert unfrozen.mambavl.text_encoder.encoder.training
-    out = unfrozen(**tiny_inputs(), **labels())
+    out = unfrozen(**tiny_inputs(), **tiny_labels())
     out.loss.backward()
     assert unfrozen.mambavl.text_encoder.encoder.word_embeddings.weight.grad is not None
 
@@ -259,20 +263,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     inputs = {k: v for k, v in tiny_inputs().items() if k != "video_features"}
     inputs["pixel_values"] = torch.randn(2, 4, 3, 16, 16)
 
-    def grads():
-        model.zero_grad()
-        model(**inputs, **labels()).loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain = grads()
-    # transformers >= 5.2x names it activation checkpointing; older 5.x releases gradient checkpointing.
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable()
+    plain = parameter_grads(model, inputs)
+    enable_activation_checkpointing(model)
     assert (
         model.mambavl.fusion.layers[0].gradient_checkpointing
         and model.mambavl.video_encoder.encoder.layer[0].gradient_checkpointing
     )
-    checkpointed = grads()
+    checkpointed = parameter_grads(model, inputs)
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)

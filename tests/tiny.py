@@ -46,3 +46,21 @@ def tiny_inputs(batch: int = 2, frames: int = 6, feature_size: int = 12, seed: i
         "noun_input_ids": torch.randint(1, 100, (batch, 5), generator=g) * noun_mask,
         "noun_attention_mask": noun_mask,
     }
+
+
+def tiny_labels(batch: int = 2) -> dict[str, torch.Tensor]:
+    """Verb and noun labels for :func:`tiny_config`'s 5 verbs and 7 nouns."""
+    return {"verb_labels": torch.arange(batch) % 5, "noun_labels": torch.arange(batch) % 7}
+
+
+def parameter_grads(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The gradient of every parameter that gets one, after one labelled forward and backward pass."""
+    model.zero_grad()
+    model(**inputs, **tiny_labels(next(iter(inputs.values())).shape[0])).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def enable_activation_checkpointing(model) -> None:
+    """transformers >= 5.2x names it activation checkpointing; older 5.x releases gradient checkpointing."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
