@@ -9,7 +9,10 @@ delta_bias), D and z):
   sequential PyTorch fallback transformers uses when mamba-ssm is missing (autograd backward)
 
 Measured per implementation: forward time (under ``torch.no_grad()``), forward+backward time
-(all eight inputs require grad; ``out.backward(random)``) and peak memory.
+(all eight inputs require grad; ``out.backward(random)``) and peak memory. Also measured: the
+floor of any forward (forming ``exp(delta * A)`` for all b*d*l*n elements, with ``torch.exp2``
+as the ``torch`` backend does and with ``torch.exp``) and torch.profiler's split of one ``torch``
+forward by op.
 
 Method
 ------
@@ -54,8 +57,11 @@ import time
 from pathlib import Path
 
 IMPLS = ("torch", "reference", "transformers")
-#: Not a scan: exp(delta * A) over every (b, d, l, n) element, the floor of any forward (see _scan_fn).
-FLOOR = "exp-floor"
+#: Not scans: exp(delta * A) over every (b, d, l, n) element with ``torch.exp2`` (as the ``torch`` backend forms
+#: it; the floor of any forward) and with ``torch.exp`` (as ``reference`` and transformers form it); see _floor_fn.
+FLOORS = {"exp2-floor": "exp2", "exp-floor": "exp"}
+#: Not a timing: torch.profiler's per-op split of one ``torch`` forward (see _profile_forward).
+PROFILE = "torch-profile"
 MODES = ("fwd", "fwdbwd")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: A probe above this many microseconds means another process holds the cores (see _probe_us).
@@ -147,24 +153,62 @@ def _scan_fn(impl):
             return mamba_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
 
         return fn
-    if impl == FLOOR:
-        import torch
-
-        def fn(u, delta, A, B, C, D, z, delta_bias):
-            # exp(delta_t * A) for every (b, d, l, n) element, and nothing else, in cache-sized chunks: the one
-            # elementwise pass that every scan forming the discretized A needs, so a lower bound on a forward.
-            dt = delta.permute(2, 0, 1).contiguous()  # (l, b, d)
-            L, b, d = dt.shape
-            At = A.t().contiguous()  # (n, d)
-            chunk = max(1, (3 << 20) // (4 * b * d * At.shape[0]))
-            buf = dt.new_empty(chunk, b, At.shape[0], d)
-            for t0 in range(0, L, chunk):
-                m = min(chunk, L - t0)
-                torch.mul(dt[t0 : t0 + m, :, None, :], At, out=buf[:m]).exp_()
-            return u  # nothing to compare
-
-        return fn
+    if impl in FLOORS:
+        return _floor_fn(FLOORS[impl])
     raise ValueError(impl)
+
+
+def _floor_fn(exp_name):
+    """exp(delta_t * A) for every (b, d, l, n) element, and nothing else, in cache-sized chunks.
+
+    The one elementwise pass every scan forming the discretized A needs, so (with the faster of
+    ``torch.exp2`` / ``torch.exp``) a lower bound on a forward. ``"exp2"`` forms it as the ``torch``
+    backend does, ``exp2(delta * A log2(e))``; ``"exp"`` as ``reference`` and transformers do.
+    """
+    import math
+
+    import torch
+
+    scale = 1.0 / math.log(2.0) if exp_name == "exp2" else 1.0
+
+    def fn(u, delta, A, B, C, D, z, delta_bias):
+        dt = delta.permute(2, 0, 1).contiguous()  # (l, b, d)
+        L, b, d = dt.shape
+        At = A.mul(scale).t().contiguous()  # (n, d)
+        chunk = max(1, (3 << 20) // (4 * b * d * At.shape[0]))
+        buf = dt.new_empty(chunk, b, At.shape[0], d)
+        for t0 in range(0, L, chunk):
+            m = min(chunk, L - t0)
+            block = torch.mul(dt[t0 : t0 + m, :, None, :], At, out=buf[:m])
+            block.exp2_() if exp_name == "exp2" else block.exp_()
+        return u  # nothing to compare
+
+    return fn
+
+
+def _profile_forward(x, names, top=7) -> list[dict]:
+    """torch.profiler's split of one ``torch``-backend forward by op: ``[{op, self_ms, calls}, ...]``.
+
+    The ``top`` ops by self CPU time, then one ``"(other)"`` row. Profiling adds a little per
+    op, so the shares matter, not the sum.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = _scan_fn("torch")
+    with torch.no_grad():
+        fn(*(x[k] for k in names))  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn(*(x[k] for k in names))
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events]
+    other = rows[top:]
+    rows = rows[:top]
+    if other:
+        rows.append(
+            {"op": "(other)", "self_ms": sum(r["self_ms"] for r in other), "calls": sum(r["calls"] for r in other)}
+        )
+    return rows
 
 
 def worker(args) -> dict:
@@ -172,8 +216,11 @@ def worker(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    fn = _scan_fn(args.impl)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    if args.impl == PROFILE:
+        ops = _profile_forward(_make_inputs(args.b, args.d, args.L, args.n), names)
+        return {"impl": PROFILE, "threads": torch.get_num_threads(), "ops": ops}
+    fn = _scan_fn(args.impl)
 
     def make_call(x):
         if args.mode == "fwd":
@@ -212,7 +259,7 @@ def worker(args) -> dict:
 
     # correctness cross-check of the forward against the torch backend
     rel_diff = None
-    if args.mode == "fwd" and args.impl not in ("torch", FLOOR):
+    if args.mode == "fwd" and args.impl != "torch" and args.impl not in FLOORS:
         from mambavl.ops import selective_scan
 
         ref = selective_scan(*(x[k] for k in names), delta_softplus=True, backend="torch")
@@ -359,13 +406,17 @@ def _run_all(args, impls, threads, hf_l) -> dict:
                 file=sys.stderr,
                 flush=True,
             )
-    floor = None
+    floors, profile_ops = {}, None
     if "torch" in impls:
-        print(f"[threads={threads or 'default'}] {FLOOR:>12} fwd    (l={args.L}) ...", file=sys.stderr, flush=True)
-        if args.wait_quiet > 0:
-            _wait_quiet(args)
-        floor = _run_case(args, FLOOR, "fwd", args.L)
-        print(f"    median {floor['median_s'] * 1e3:,.1f} ms", file=sys.stderr, flush=True)
+        for name in FLOORS:
+            print(f"[threads={threads or 'default'}] {name:>12} fwd    (l={args.L}) ...", file=sys.stderr, flush=True)
+            if args.wait_quiet > 0:
+                _wait_quiet(args)
+            r = _run_case(args, name, "fwd", args.L)
+            floors[FLOORS[name]] = {"median_s": r["median_s"], "min_s": r["min_s"], "contended": r["contended"]}
+            print(f"    median {r['median_s'] * 1e3:,.1f} ms", file=sys.stderr, flush=True)
+        print(f"[threads={threads or 'default'}] {PROFILE:>12}", file=sys.stderr, flush=True)
+        profile_ops = _run_case(args, PROFILE, "fwd", args.L)["ops"]
     load_end = os.getloadavg()
 
     rows = []
@@ -410,9 +461,8 @@ def _run_all(args, impls, threads, hf_l) -> dict:
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in load_end],
         "rows": rows,
-        "exp_floor": None
-        if floor is None
-        else {"median_s": floor["median_s"], "min_s": floor["min_s"], "contended": floor["contended"]},
+        "exp_floors": floors or None,
+        "torch_forward_profile": profile_ops,
         "cases": list(cases.values()),
     }
 
@@ -452,20 +502,7 @@ def _markdown(result) -> str:
                 f"{'; '.join(notes)} |"
             )
         lines.append("")
-        floor = run.get("exp_floor")
-        if floor:
-            fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
-            caps = ", ".join(f"`{impl}` {t / floor['median_s']:.1f}x" for impl, t in fwd.items() if impl != "torch")
-            elements = shape["b"] * shape["d"] * shape["l"] * shape["n"]
-            lines += [
-                f"Floor: `exp(delta * A)` alone over all b*d*l*n = {elements:,} elements, in cache-sized chunks, "
-                f"takes {_fmt_ms(floor['median_s'])} ms"
-                + (" (contended)" if floor["contended"] else "")
-                + f". Every implementation forms these values, so no forward can beat it: the `torch` forward is "
-                f"{fwd['torch'] / floor['median_s']:.1f}x the floor, and the largest forward speed-up over the others "
-                f"that any scan could reach here is {caps}.",
-                "",
-            ]
+        lines += _floor_lines(run, shape)
     lines += [
         "Peak extra RSS: rise of the process's resident-set high-water mark (VmHWM, reset through "
         "`/proc/self/clear_refs`) over its RSS just before the first full-size call, in a fresh "
@@ -482,6 +519,42 @@ def _markdown(result) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _floor_lines(run, shape) -> list[str]:
+    """The markdown paragraphs on the ``exp`` floors and the profile of the ``torch`` forward."""
+    floors, ops = run.get("exp_floors"), run.get("torch_forward_profile")
+    lines = []
+    if floors:
+        fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
+        low = floors["exp2"]
+        caps = ", ".join(f"`{impl}` {t / low['median_s']:.1f}x" for impl, t in fwd.items() if impl != "torch")
+        elements = shape["b"] * shape["d"] * shape["l"] * shape["n"]
+
+        def took(f):
+            return f"{_fmt_ms(f['median_s'])} ms" + (" (contended)" if f["contended"] else "")
+
+        lines += [
+            f"Floor: forming `exp(delta * A)` alone over all b*d*l*n = {elements:,} elements, in cache-sized "
+            f"chunks, takes {took(low)} with `torch.exp2` (as the `torch` backend does: `exp2(delta * A log2 e)`) "
+            f"and {took(floors['exp'])} with `torch.exp` (as `reference` and transformers do). Every scan forms "
+            f"these values, so no forward can beat the `exp2` floor: the `torch` forward is "
+            f"{fwd['torch'] / low['median_s']:.1f}x it, and the largest forward speed-up over the others that any "
+            f"scan could reach here is {caps}.",
+            "",
+        ]
+    if ops:
+        total = sum(o["self_ms"] for o in ops)
+        lines += [
+            "Where the `torch` forward's time goes (torch.profiler, one call after a warm-up; self CPU time per op, "
+            "profiling overhead included; `_SelectiveScanFn` is the Python between the ops):",
+            "",
+            "| op | share | calls |",
+            "|---|---:|---:|",
+            *(f"| `{o['op']}` | {100 * o['self_ms'] / total:.0f}% | {o['calls']:,} |" for o in ops),
+            "",
+        ]
+    return lines
 
 
 def main(argv=None):

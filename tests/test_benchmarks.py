@@ -47,5 +47,9 @@ def test_scan_benchmark_quick(tmp_path):
     (run_,) = report["runs"]
     assert [r["impl"] for r in run_["rows"]] == ["torch", "reference"]
     assert all(r["fwd_s"] > 0 and r["fwdbwd_s"] > 0 for r in run_["rows"])
-    assert run_["rows"][1]["rel_diff_vs_torch"] < 1e-5 and run_["exp_floor"]["median_s"] > 0
-    assert "| `torch` |" in proc.stdout and "Floor: `exp(delta * A)`" in (tmp_path / "scan_cpu.md").read_text()
+    assert run_["rows"][1]["rel_diff_vs_torch"] < 1e-5
+    assert set(run_["exp_floors"]) == {"exp", "exp2"} and all(f["median_s"] > 0 for f in run_["exp_floors"].values())
+    ops = {o["op"]: o for o in run_["torch_forward_profile"]}
+    assert ops["aten::addcmul_"]["calls"] >= 256  # one in-place step per time step (l=256)
+    md = (tmp_path / "scan_cpu.md").read_text()
+    assert "| `torch` |" in proc.stdout and "Floor: forming `exp(delta * A)`" in md and "| `aten::addcmul_` |" in md

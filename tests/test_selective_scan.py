@@ -138,6 +138,12 @@ def test_torch_matches_reference_float32(flags):
     assert_match(torch_scan(16), reference_scan, inputs, _use(flags), flags[3], flags[4], 1e-5)
 
 
+def test_torch_matches_reference_wide_channels():
+    # b*d = 600 rows: the layout copies run in blocks of 256 rows, the last one partial
+    inputs = make_inputs(2, 300, 20, 3, seed=31)
+    assert_match(torch_scan(8), reference_scan, inputs, {"D", "z", "delta_bias"}, True, True, 1e-10)
+
+
 def test_dispatch_torch_backend_default_chunking_long_sequence():
     # Default chunk size (64 here), l not a multiple of it, through the public entry point.
     inputs = make_inputs(1, 3, 150, 2, seed=5)
