@@ -35,12 +35,15 @@ op, before and after the case) and rows measured while another process held the 
 flagged. ``--threads 1,2`` measures each thread count in the same run (one table each);
 single-threaded timings are far less sensitive to other processes. ``--wait-quiet S`` waits up
 to S seconds before each case for the probe to settle, ``--retries R`` re-runs a contended case.
+On the project's shared VM the same code also runs at different speeds in different processes
+(up to 1.5x apart, with no contention visible to the probe), so ``--processes P`` runs every case
+in P fresh processes, in P rounds over all cases, and reports the median of their medians.
 
 Usage::
 
     python benchmarks/scan.py                 # full size, writes benchmarks/results/scan_cpu.{json,md}
     python benchmarks/scan.py --quick         # small size, prints only (unless --out is given)
-    python benchmarks/scan.py --threads 2,1 --repeats 7 --wait-quiet 300 --retries 3
+    python benchmarks/scan.py --threads 2,1 --repeats 7 --processes 3 --wait-quiet 300 --retries 3
 """
 
 from __future__ import annotations
@@ -370,52 +373,91 @@ def _fmt_mib(b):
     return "—" if b is None else f"{b / 2**20:,.0f}"
 
 
+def _quiet_case(args, impl, mode, L) -> dict:
+    """One subprocess run of a case, waiting for quiet and re-running it while contended (``--retries``)."""
+    waited, attempt = 0.0, 0
+    while True:
+        attempt += 1
+        waited += _wait_quiet(args) if args.wait_quiet > 0 else 0.0
+        r = _run_case(args, impl, mode, L)
+        if not r["contended"] or attempt > args.retries:
+            break
+        print(
+            f"    contended (probe {r['probe_us_before']:.0f}/{r['probe_us_after']:.0f} us): retrying",
+            file=sys.stderr,
+            flush=True,
+        )
+    r["waited_for_quiet_s"] = waited
+    r["attempts"] = attempt
+    return r
+
+
+def _merge_processes(runs: list[dict]) -> dict:
+    """One case from its runs in ``--processes`` fresh processes: the median of their medians, the min of their
+    mins, the median peak; flagged contended / retried / shortened if any run was."""
+    r = dict(runs[0])
+    peaks = [x["peak_extra_rss_bytes"] for x in runs if x["peak_extra_rss_bytes"] is not None]
+    r.update(
+        process_medians_s=[x["median_s"] for x in runs],
+        median_s=statistics.median(x["median_s"] for x in runs),
+        min_s=min(x["min_s"] for x in runs),
+        repeats=min(x["repeats"] for x in runs),
+        peak_extra_rss_bytes=statistics.median(peaks) if peaks else None,
+        contended=any(x["contended"] for x in runs),
+        probe_us_before=max(x["probe_us_before"] for x in runs),
+        probe_us_after=max(x["probe_us_after"] for x in runs),
+        attempts=max(x["attempts"] for x in runs),
+        waited_for_quiet_s=sum(x["waited_for_quiet_s"] for x in runs),
+    )
+    return r
+
+
 def _run_all(args, impls, threads, hf_l) -> dict:
-    """All cases at one thread count -> {"threads", "loadavg_*", "rows", "cases"}."""
+    """All cases at one thread count -> {"threads", "loadavg_*", "rows", "exp_floors", ...}.
+
+    With ``--processes P`` every case runs in P fresh processes, taken in P rounds over all cases
+    (so each implementation sees the machine in the same states), and reports the median of the
+    per-process medians.
+    """
     args.threads = threads
     load_start = os.getloadavg()
-    cases = {}
-    for impl in impls:
-        for mode in MODES:
-            L = hf_l if (impl == "transformers" and mode == "fwdbwd") else args.L
-            print(f"[threads={threads or 'default'}] {impl:>12} {mode:<6} (l={L}) ...", file=sys.stderr, flush=True)
-            waited, attempt = 0.0, 0
-            while True:
-                attempt += 1
-                waited += _wait_quiet(args) if args.wait_quiet > 0 else 0.0
-                r = _run_case(args, impl, mode, L)
-                if not r["contended"] or attempt > args.retries:
-                    break
-                print(
-                    f"    contended (probe {r['probe_us_before']:.0f}/{r['probe_us_after']:.0f} us): retrying",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            r["waited_for_quiet_s"] = waited
-            r["attempts"] = attempt
-            scale = args.L / L
-            r["extrapolated_from_l"] = L if L != args.L else None
-            r["median_s_full"] = r["median_s"] * scale
-            r["min_s_full"] = r["min_s"] * scale
-            r["peak_full_bytes"] = None if r["peak_extra_rss_bytes"] is None else r["peak_extra_rss_bytes"] * scale
-            cases[(impl, mode)] = r
+    tag = f"[threads={threads or 'default'}]"
+    todo = [
+        (impl, mode, hf_l if (impl == "transformers" and mode == "fwdbwd") else args.L)
+        for impl in impls
+        for mode in MODES
+    ]
+    if "torch" in impls:
+        todo += [(name, "fwd", args.L) for name in FLOORS]
+    runs = {case: [] for case in todo}
+    for p in range(args.processes):
+        for impl, mode, L in todo:
+            print(
+                f"{tag} {impl:>12} {mode:<6} (l={L}) process {p + 1}/{args.processes} ...", file=sys.stderr, flush=True
+            )
+            r = _quiet_case(args, impl, mode, L)
+            runs[(impl, mode, L)].append(r)
             print(
                 f"    median {r['median_s'] * 1e3:,.1f} ms (min {r['min_s'] * 1e3:,.1f}) over {r['repeats']} "
-                f"repeats, probe {r['probe_us_before']:.0f}/{r['probe_us_after']:.0f} us"
-                + (f"; at l={L} -> {r['median_s_full'] * 1e3:,.1f} ms at l={args.L}" if scale != 1 else ""),
+                f"repeats, probe {r['probe_us_before']:.0f}/{r['probe_us_after']:.0f} us",
                 file=sys.stderr,
                 flush=True,
             )
-    floors, profile_ops = {}, None
+    cases, floors = {}, {}
+    for (impl, mode, L), case_runs in runs.items():
+        r = _merge_processes(case_runs)
+        if impl in FLOORS:
+            floors[FLOORS[impl]] = {"median_s": r["median_s"], "min_s": r["min_s"], "contended": r["contended"]}
+            continue
+        scale = args.L / L
+        r["extrapolated_from_l"] = L if L != args.L else None
+        r["median_s_full"] = r["median_s"] * scale
+        r["min_s_full"] = r["min_s"] * scale
+        r["peak_full_bytes"] = None if r["peak_extra_rss_bytes"] is None else r["peak_extra_rss_bytes"] * scale
+        cases[(impl, mode)] = r
+    profile_ops = None
     if "torch" in impls:
-        for name in FLOORS:
-            print(f"[threads={threads or 'default'}] {name:>12} fwd    (l={args.L}) ...", file=sys.stderr, flush=True)
-            if args.wait_quiet > 0:
-                _wait_quiet(args)
-            r = _run_case(args, name, "fwd", args.L)
-            floors[FLOORS[name]] = {"median_s": r["median_s"], "min_s": r["min_s"], "contended": r["contended"]}
-            print(f"    median {r['median_s'] * 1e3:,.1f} ms", file=sys.stderr, flush=True)
-        print(f"[threads={threads or 'default'}] {PROFILE:>12}", file=sys.stderr, flush=True)
+        print(f"{tag} {PROFILE:>12}", file=sys.stderr, flush=True)
         profile_ops = _run_case(args, PROFILE, "fwd", args.L)["ops"]
     load_end = os.getloadavg()
 
@@ -431,6 +473,9 @@ def _run_all(args, impls, threads, hf_l) -> dict:
                 f"{_fmt_mib(fb['peak_extra_rss_bytes'])} MiB)"
             )
         for c in (f, fb):
+            spread = [t * c["median_s_full"] / c["median_s"] for t in c["process_medians_s"]]
+            if max(spread) > 1.2 * min(spread):
+                notes.append(f"{c['mode']}: per-process medians {' / '.join(_fmt_ms(t) for t in spread)} ms")
             if c["repeats"] < args.repeats:
                 notes.append(f"{c['mode']}: {c['repeats']} timed call(s) (slow case)")
             if c.get("attempts", 1) > 1:
@@ -475,8 +520,13 @@ def _markdown(result) -> str:
         "",
         f"softplus(delta + delta_bias), D and z. {m['cpu']} ({m['logical_cpus']} logical CPUs), "
         f"torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}. "
-        "Times: median (min) in ms of the timed calls after one warm-up call; speed-ups and ratios "
-        "use medians. `torch speed-up` = that row's time / the `torch` backend's time.",
+        "Times: median (min) in ms of the timed calls after one warm-up call"
+        + (
+            f", each case in {result['processes']} fresh processes (median of their medians, min of their mins)"
+            if result.get("processes", 1) > 1
+            else ""
+        )
+        + "; speed-ups and ratios use medians. `torch speed-up` = that row's time / the `torch` backend's time.",
         "",
     ]
     for run in result["runs"]:
@@ -587,6 +637,13 @@ def main(argv=None):
         default=None,
         help="directory for scan_cpu.json / scan_cpu.md (default: benchmarks/results for full runs, none for --quick)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="fresh processes per case, in rounds over all cases; reported: the median of their medians "
+        "(the same code can run at different speeds in different processes on a shared machine)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument(
         "--wait-quiet",
@@ -627,6 +684,8 @@ def main(argv=None):
         thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
     except ValueError:
         p.error(f"--threads must be comma-separated integers, got {args.threads!r}")
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
     hf_l = args.L // 8 if args.hf_backward_l is None else (args.hf_backward_l or args.L)
     hf_l = max(1, min(hf_l, args.L))
 
@@ -650,6 +709,7 @@ def main(argv=None):
             "options": "delta_softplus=True, delta_bias, D, z",
         },
         "repeats": args.repeats,
+        "processes": args.processes,
         "transformers_backward_l": hf_l,
         "memory_method": "VmHWM - RSS before the first full-size call, fresh subprocess per case "
         "(/proc/self/clear_refs reset)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +42,14 @@ def test_fusion_ablation_quick(tmp_path):
 @pytest.mark.slow
 def test_scan_benchmark_quick(tmp_path):
     proc = run(
-        "scan.py", "--quick", "--repeats", "1", "--threads", "1", "--impls", "torch,reference", "--out", str(tmp_path)
-    )
+        "scan.py", "--quick", "--repeats", "1", "--processes", "2", "--threads", "1", "--impls", "torch,reference",
+        "--out", str(tmp_path),
+    )  # fmt: skip
     report = json.loads((tmp_path / "scan_cpu.json").read_text())
     (run_,) = report["runs"]
+    for case in run_["cases"]:  # each case ran in two processes; the reported median is the median of theirs
+        assert len(case["process_medians_s"]) == 2
+        assert case["median_s"] == statistics.median(case["process_medians_s"])
     assert [r["impl"] for r in run_["rows"]] == ["torch", "reference"]
     assert all(r["fwd_s"] > 0 and r["fwdbwd_s"] > 0 for r in run_["rows"])
     assert run_["rows"][1]["rel_diff_vs_torch"] < 1e-5
