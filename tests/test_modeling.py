@@ -293,6 +293,8 @@ def test_reference_and_torch_backends_agree_in_the_model():
         ({"pixel_values": torch.randn(2, 4, 3, 16, 16)}, "exactly one of"),
         ({"verb_input_ids": None}, "verb_input_ids` is required"),
         ({"noun_attention_mask": torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}, "left-padded"),
+        ({"verb_attention_mask": torch.tensor([[0] * 7, [1] * 6 + [0]])}, "verb_attention_mask` has a row"),
+        ({"verb_attention_mask": torch.tensor([[0] * 7, [0] + [1] * 6])}, "verb_attention_mask` has a row"),
         ({"noun_attention_mask": torch.ones(2, 4, dtype=torch.long)}, "noun_attention_mask` must have the shape"),
         ({"verb_labels": torch.tensor([0, 5])}, r"verb_labels.*outside \[0, 5\)"),
         ({"noun_labels": torch.tensor([0, 1, 2])}, r"noun_labels` must have shape"),

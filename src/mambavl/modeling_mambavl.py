@@ -315,9 +315,11 @@ class MambaVLModel(MambaVLPreTrainedModel):
                     f"`{name}_attention_mask` must have the shape of `{name}_input_ids` {tuple(input_ids.shape)}, "
                     f"got {tuple(attention_mask.shape)}."
                 )
-            if (attention_mask.sum(dim=1) == 0).any():
-                raise ValueError(f"`{name}_attention_mask` has a row with no valid token.")
-            if (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
+            empty = attention_mask.sum(dim=1) == 0
+            left_padded = (attention_mask[:, 1:] > attention_mask[:, :-1]).any(dim=1)
+            if (empty | left_padded).any():  # one host sync when the mask is fine
+                if empty.any():
+                    raise ValueError(f"`{name}_attention_mask` has a row with no valid token.")
                 raise ValueError(
                     f"`{name}_attention_mask` is left-padded; the causal scan needs right padding "
                     "(tokenizer.padding_side = 'right')."
