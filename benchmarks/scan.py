@@ -173,6 +173,7 @@ def _floor_fn(exp_name):
     import torch
 
     scale = 1.0 / math.log(2.0) if exp_name == "exp2" else 1.0
+    exp_ = torch.Tensor.exp2_ if exp_name == "exp2" else torch.Tensor.exp_
 
     def fn(u, delta, A, B, C, D, z, delta_bias):
         dt = delta.permute(2, 0, 1).contiguous()  # (l, b, d)
@@ -182,8 +183,7 @@ def _floor_fn(exp_name):
         buf = dt.new_empty(chunk, b, At.shape[0], d)
         for t0 in range(0, L, chunk):
             m = min(chunk, L - t0)
-            block = torch.mul(dt[t0 : t0 + m, :, None, :], At, out=buf[:m])
-            block.exp2_() if exp_name == "exp2" else block.exp_()
+            exp_(torch.mul(dt[t0 : t0 + m, :, None, :], At, out=buf[:m]))
         return u  # nothing to compare
 
     return fn

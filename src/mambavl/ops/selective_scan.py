@@ -273,8 +273,9 @@ def _time_major(t):
     """(b, k, l) -> a new contiguous (l, b, k) (always a copy: callers may modify it in place).
 
     Done as 2-D transposes ``(rows, l) -> (l, rows)`` of blocks of ``_TRANSPOSE_ROWS`` rows of
-    ``(b*k, l)``: one whole 2-D transposing copy runs on one thread on CPU, the blocks are 2x
-    faster on two (and a 3-D permuted copy is up to 10x slower).
+    ``(b*k, l)``. On CPU, one whole 2-D transposing copy runs on one thread; the blocks are 2x
+    faster on two threads, and also faster than a 3-D permuted copy (measured at the size of
+    ``benchmarks/scan.py``).
     """
     b, k, L = t.shape
     out = t.new_empty(L, b, k)
@@ -285,7 +286,11 @@ def _time_major(t):
 
 
 def _batch_major(t, out=None):
-    """(l, b, k) -> contiguous (b, k, l), new or into ``out`` (one 2-D transpose, see :func:`_time_major`)."""
+    """(l, b, k) -> contiguous (b, k, l), new or into ``out``.
+
+    One whole 2-D transpose: in this direction, blocks of either dimension and a 3-D permuted
+    copy were all slower on one thread (the permuted copy 4-9x).
+    """
     L, b, k = t.shape
     out = t.new_empty(b, k, L) if out is None else out.view(b, k, L)
     out.view(b * k, L).copy_(t.reshape(L, b * k).t())
@@ -295,9 +300,9 @@ def _batch_major(t, out=None):
 def _exp2_exponent(A):
     """``A^T * log2(e)`` as a contiguous ``(n, d)``: ``exp(dt * A) = exp2(dt * A log2(e))``.
 
-    ``torch.exp2`` runs several times faster than ``torch.exp`` on CPU (4x on the AMD machine
-    of ``benchmarks/scan.py``, where ``exp`` goes through MKL's vector math), with the same
-    accuracy up to the rounding of the product (relative ``|dt A| * eps``).
+    ``torch.exp2`` can be several times faster than ``torch.exp`` on CPU (4x in this scan on the
+    AMD machine of ``benchmarks/scan.py``), with the same accuracy up to the rounding of the
+    product (relative ``|dt A| * eps``).
     """
     return A.mul(_LOG2_E).t().contiguous()
 
