@@ -168,19 +168,20 @@ def _floor_fn(exp_name):
     ``torch.exp2`` / ``torch.exp``) a lower bound on a forward. ``"exp2"`` forms it as the ``torch``
     backend does, ``exp2(delta * A log2(e))``; ``"exp"`` as ``reference`` and transformers do.
     """
-    import math
-
     import torch
 
-    scale = 1.0 / math.log(2.0) if exp_name == "exp2" else 1.0
+    # the backend's own chunk rule and exponent, so this stays "as the torch backend does"
+    from mambavl.ops.selective_scan import _chunk_size, _exp2_exponent
+
     exp_ = torch.Tensor.exp2_ if exp_name == "exp2" else torch.Tensor.exp_
 
     def fn(u, delta, A, B, C, D, z, delta_bias):
         dt = delta.permute(2, 0, 1).contiguous()  # (l, b, d)
         L, b, d = dt.shape
-        At = A.mul(scale).t().contiguous()  # (n, d)
-        chunk = max(1, (3 << 20) // (4 * b * d * At.shape[0]))
-        buf = dt.new_empty(chunk, b, At.shape[0], d)
+        n = A.shape[1]
+        At = _exp2_exponent(A) if exp_name == "exp2" else A.t().contiguous()  # (n, d)
+        chunk = _chunk_size(b, d, n, dt.element_size())
+        buf = dt.new_empty(chunk, b, n, d)
         for t0 in range(0, L, chunk):
             m = min(chunk, L - t0)
             exp_(torch.mul(dt[t0 : t0 + m, :, None, :], At, out=buf[:m]))
