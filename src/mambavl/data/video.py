@@ -284,6 +284,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         return frame.to_ndarray(format="rgb24", threads=1)
 
 
+def _encode(av, container, stream, images) -> None:
+    """Encode ``(H, W, 3)`` uint8 RGB ``images`` into ``stream`` (in its ``pix_fmt``), mux them, and flush."""
+    for image in images:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        # Convert explicitly and single-threaded: the encoder's implicit conversion uses a
+        # multi-threaded swscale context whose output varies from run to run.
+        frame = frame.reformat(format=stream.pix_fmt, threads=1)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 2) -> None:
     """Write an ``(H, W, 3)`` uint8 RGB image as a JPEG with PyAV.
 
@@ -299,12 +312,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 2)
         stream.width, stream.height = image.shape[1], image.shape[0]
         stream.pix_fmt = "yuvj444p"
         stream.codec_context.qmin = stream.codec_context.qmax = int(quality)
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        frame = frame.reformat(format="yuvj444p", threads=1)
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        _encode(av, container, stream, [image])
 
 
 def read_frame_folder(
@@ -392,15 +400,7 @@ def write_video(
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.options = options
-        for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            # Convert explicitly and single-threaded: the encoder's implicit conversion uses a
-            # multi-threaded swscale context whose output varies from run to run.
-            frame = frame.reformat(format="yuv420p", threads=1)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        _encode(av, container, stream, frames)
 
 
 def sample_frame_indices(
