@@ -62,8 +62,9 @@ CONTENDED_FRACTION = 0.85
 MEASURED = ("ok", "contended")
 CSV_FIELDS = [
     "device", "fusion", "video_tokens", "question_tokens", "hidden_size", "status", "fwd_ms", "fwd_bwd_ms",
-    "fwd_repeats", "fwd_bwd_repeats", "fwd_peak_mib", "fwd_bwd_peak_mib", "memory_method", "attention_kernel",
-    "scan_backend", "threads", "cpu_per_wall", "load_1min", "measured_at", "reused",
+    "fwd_repeats", "fwd_bwd_repeats", "fwd_peak_mib", "fwd_bwd_peak_mib", "fwd_bwd_faults", "memory_method",
+    "attention_kernel", "scan_backend", "threads", "cpu_per_wall", "malloc_env", "load_1min", "measured_at",
+    "reused",
 ]  # fmt: skip
 
 
@@ -109,17 +110,34 @@ class _Timer:
         return (time.perf_counter() - start) * 1e3
 
 
-def _repeat(fn, timer: _Timer, repeats: int, budget_ms: float) -> tuple[float, int]:
-    """One warm-up, then up to ``repeats`` timed runs within ``budget_ms``: (median ms, timed runs).
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (each a fresh page the kernel zeroed and mapped; 0 off Unix)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _malloc_env() -> str:
+    """The glibc malloc settings in this process's environment (``MALLOC_*`` variables), as ``NAME=value`` pairs."""
+    return " ".join(f"{key}={value}" for key, value in sorted(os.environ.items()) if key.startswith("MALLOC_"))
+
+
+def _repeat(fn, timer: _Timer, repeats: int, budget_ms: float) -> tuple[float, int, float]:
+    """One warm-up, then up to ``repeats`` timed runs within ``budget_ms``: (median ms, timed runs, median faults).
 
     A warm-up longer than a quarter of the budget is itself kept as a timed run (its one-time costs, a few
     milliseconds of allocation and kernel set-up, are negligible next to it), so a long case costs one or two runs.
+    The faults are the minor page faults of each timed run (see :func:`_minor_faults`).
     """
-    warm = timer(fn)
-    times = [warm] if warm > budget_ms / 4 else []
-    runs = min(repeats, int((budget_ms - warm) // max(warm, 1e-3)))
-    times += [timer(fn) for _ in range(max(runs, 0 if times else 1))]
-    return statistics.median(times), len(times)
+
+    def run() -> tuple[float, int]:
+        before = _minor_faults()
+        ms = timer(fn)
+        return ms, _minor_faults() - before
+
+    warm = run()
+    runs = [warm] if warm[0] > budget_ms / 4 else []
+    count = min(repeats, int((budget_ms - warm[0]) // max(warm[0], 1e-3)))
+    runs += [run() for _ in range(max(count, 0 if runs else 1))]
+    return statistics.median(ms for ms, _ in runs), len(runs), statistics.median(faults for _, faults in runs)
 
 
 def _max_rss_mib() -> float:
@@ -160,9 +178,9 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     else:
         baseline = _max_rss_mib()
     usage, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    fwd_ms, fwd_runs = _repeat(forward, timer, args.repeats, budget_ms)
+    fwd_ms, fwd_runs, _ = _repeat(forward, timer, args.repeats, budget_ms)
     fwd_peak = peak_mib(baseline)
-    fwd_bwd_ms, fwd_bwd_runs = _repeat(forward_backward, timer, args.repeats, budget_ms)
+    fwd_bwd_ms, fwd_bwd_runs, fwd_bwd_faults = _repeat(forward_backward, timer, args.repeats, budget_ms)
     fwd_bwd_peak = peak_mib(baseline)
     # CPU seconds this process got per wall second: about the thread count when it had the cores to itself, less
     # when other processes competed for them (a check on the timings' quality on a shared machine).
@@ -171,8 +189,9 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     cpu_per_wall = cpu / max(time.perf_counter() - wall, 1e-9)
     return {
         "fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms, "fwd_repeats": fwd_runs, "fwd_bwd_repeats": fwd_bwd_runs,
-        "fwd_peak_mib": fwd_peak, "fwd_bwd_peak_mib": fwd_bwd_peak, "threads": torch.get_num_threads(),
-        "cpu_per_wall": cpu_per_wall, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "fwd_peak_mib": fwd_peak, "fwd_bwd_peak_mib": fwd_bwd_peak, "fwd_bwd_faults": fwd_bwd_faults,
+        "threads": torch.get_num_threads(), "cpu_per_wall": cpu_per_wall,
+        "malloc_env": _malloc_env(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }  # fmt: skip
 
 
@@ -222,7 +241,9 @@ def _worker_command(args: argparse.Namespace, fusion: str, tokens: int) -> list[
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a CSV written by this script, with numbers parsed (empty cells: ``None``)."""
     integers = ("video_tokens", "question_tokens", "hidden_size", "fwd_repeats", "fwd_bwd_repeats", "threads")
-    floats = ("fwd_ms", "fwd_bwd_ms", "fwd_peak_mib", "fwd_bwd_peak_mib", "cpu_per_wall", "load_1min")
+    floats = (
+        "fwd_ms", "fwd_bwd_ms", "fwd_peak_mib", "fwd_bwd_peak_mib", "fwd_bwd_faults", "cpu_per_wall", "load_1min",
+    )  # fmt: skip
     written = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
     rows = []
     with open(path, newline="") as f:
@@ -391,8 +412,8 @@ def summary_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     lines = [
         "| video tokens | Mamba fwd (ms) | Mamba fwd+bwd (ms) | Transf. fwd (ms) | Transf. fwd+bwd (ms) "
         "| T/M fwd | T/M fwd+bwd | Mamba fwd+bwd growth per doubling | Mamba peak fwd+bwd (MiB) "
-        "| Transf. peak fwd+bwd (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Transf. peak fwd+bwd (MiB) | Mamba page faults per fwd+bwd |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def cell(value: float | None, fmt: str = "{:.1f}") -> str:
@@ -410,6 +431,7 @@ def summary_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                 cell(t and t["fwd_bwd_ms"]), cell(m and t and t["fwd_ms"] / m["fwd_ms"], "{:.2f}x"),
                 cell(m and t and t["fwd_bwd_ms"] / m["fwd_bwd_ms"], "{:.2f}x"), cell(growth.get(n), "{:.2f}x"),
                 cell(m and m["fwd_bwd_peak_mib"], "{:.0f}"), cell(t and t["fwd_bwd_peak_mib"], "{:.0f}"),
+                cell(m and m.get("fwd_bwd_faults"), "{:,.0f}"),
             ]) + " |"
         )  # fmt: skip
     common = [n for n in sizes if ("mamba", n) in ok and ("transformer", n) in ok]
@@ -586,6 +608,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in rows
         if r["status"] == "contended"
     ]
+    malloc_env = "; ".join(sorted({r["malloc_env"] for r in rows if r.get("malloc_env")})) or "none"
     if device_name == "cuda":
         hardware = torch.cuda.get_device_name()
     else:
@@ -610,7 +633,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table,
         "",
         "T/M: transformer time / Mamba time. Growth per doubling: Mamba fwd+bwd time at N / at N/2 "
-        "(1.0 = constant, 2.0 = linear, 4.0 = quadratic).",
+        "(1.0 = constant, 2.0 = linear, 4.0 = quadratic). Page faults: median minor page faults of one Mamba "
+        "fwd+bwd run, each a fresh 4 KiB page the kernel zeroes and maps (about 1 us each on the benchmark's CPU "
+        "machine). glibc's malloc gives every block above 32 MiB back to the OS when it is freed, so the fusion's "
+        "largest tensors fault on every run once they pass 32 MiB (at width 768: the input projection's `N x 3072` "
+        "floats from about 2,700 tokens, the scan's `N x 1536` from about 5,500); "
+        "`benchmarks/cpu_allocator.py` measures what that costs and how to avoid it. glibc settings from the "
+        f"environment (`MALLOC_*`): {malloc_env}.",
         "",
         "Targets: " + json.dumps(checks),
         "",

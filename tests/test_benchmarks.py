@@ -58,3 +58,39 @@ def test_scan_benchmark_quick(tmp_path):
     assert ops["aten::addcmul_"]["calls"] >= 256  # one in-place step per time step (l=256)
     md = (tmp_path / "scan_cpu.md").read_text()
     assert "| `torch` |" in proc.stdout and "Floor: forming `exp(delta * A)`" in md and "| `aten::addcmul_` |" in md
+
+
+def _load(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_allocator_worker_env_replaces_every_malloc_variable(monkeypatch):
+    module = _load("cpu_allocator")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1")
+    default, retain = module.worker_env("default"), module.worker_env("retain")
+    assert not [key for key in default if key.startswith("MALLOC_")]
+    assert {k: v for k, v in retain.items() if k.startswith("MALLOC_")} == module.SETTINGS["retain"]
+    assert default["PATH"] == retain["PATH"]  # the rest of the environment is kept
+
+
+@pytest.mark.slow
+def test_cpu_allocator_quick(tmp_path):
+    run("cpu_allocator.py", "--quick", "--output-dir", str(tmp_path))
+    payload = json.loads((tmp_path / "cpu_allocator.json").read_text())
+    rows = {(r["video_tokens"], r["setting"]): r for r in payload["rows"]}
+    assert set(rows) == {(n, s) for n in (32, 64) for s in ("default", "retain")}
+    # each worker saw its own setting (the script also refuses to report a comparison where it did not)
+    assert rows[(64, "default")]["malloc_env"] == ""
+    assert rows[(64, "retain")]["malloc_env"] == "MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296"
+    assert all(r["fwd_bwd_ms"] > 0 and r["fwd_bwd_faults"] >= 0 for r in rows.values())
+    ratio = payload["checks"]["default_over_retain_fwd_bwd"]["64"]
+    assert ratio == pytest.approx(rows[(64, "default")]["fwd_bwd_ms"] / rows[(64, "retain")]["fwd_bwd_ms"])
+    growth = rows[(64, "default")]["fwd_bwd_ms"] / rows[(32, "default")]["fwd_bwd_ms"]
+    assert payload["checks"]["default_max_growth_per_doubling"] == pytest.approx(growth)
+    assert "| 64 |" in (tmp_path / "cpu_allocator.md").read_text()

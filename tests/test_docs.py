@@ -97,7 +97,7 @@ def test_pages_and_guide_files_exist():
     for image in ("ssm_fusion.png", "scan_modes.png"):
         assert (DOCS / "_static" / image).stat().st_size > 10_000, image
     for result in ("scan_cpu.md", "efficiency.md", "fusion_scaling_cpu.md", "fusion_scaling_cpu.png",
-                   "fusion_ablation.md"):  # fmt: skip
+                   "cpu_allocator.md", "fusion_ablation.md"):  # fmt: skip
         assert (REPO / "benchmarks" / "results" / result).is_file(), f"docs/benchmarks.md includes {result}"
 
 

@@ -183,11 +183,12 @@ def test_fusion_scaling_benchmark_quick_run(tmp_path):
     }
     assert all(r["status"] in ("ok", "contended") and r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
     assert all(r["fwd_bwd_peak_mib"] >= r["fwd_peak_mib"] for r in rows)  # one high-water mark, forward first
+    assert all(r["fwd_bwd_faults"] >= 0 for r in rows)  # minor page faults of one run
     assert out["checks"]["largest_common_tokens"] == 64
     for suffix in (".csv", ".png", ".md"):
         assert (tmp_path / f"fusion_scaling_cpu{suffix}").stat().st_size > 0
     header = (tmp_path / "fusion_scaling_cpu.csv").read_text().splitlines()[0]
-    assert header.startswith("device,fusion,video_tokens")
+    assert header.startswith("device,fusion,video_tokens") and ",fwd_bwd_faults," in header
 
 
 def test_fusion_scaling_resume_keeps_only_clean_rows(tmp_path):
