@@ -1,10 +1,11 @@
 """What glibc's malloc costs the Mamba fusion on CPU at long sequences, and the setting that removes it.
 
-On Linux, PyTorch's CPU tensors come from glibc's ``malloc``. glibc serves a block above its mmap threshold (at most
-32 MiB by default) with a fresh ``mmap`` and gives it back to the OS on ``free``; the next tensor of that size then
-starts on pages the kernel must zero and map again, one minor page fault per 4 KiB. At width 768 the Mamba fusion's
-largest tensors pass 32 MiB at a few thousand tokens (the input projection's ``N x 3072`` floats at about 2,700, the
-scan's ``N x 1536`` at about 5,500), and from there every forward+backward pays those faults again.
+On Linux, PyTorch's CPU tensors come from glibc's ``malloc``. glibc serves a block above its mmap threshold (which
+adapts upwards, to at most 32 MiB by default) with a fresh ``mmap`` and gives it back to the OS on ``free``; the next
+tensor of that size then starts on pages the kernel must zero and map again, one minor page fault per 4 KiB. At
+width 768 the Mamba fusion's largest tensors pass 32 MiB at a few thousand tokens (the input projection's
+``N x 3072`` floats at about 2,700, the scan's ``N x 1536`` at about 5,500), and from there every forward+backward
+pays those faults again.
 
 This benchmark runs the Mamba fusion of ``benchmarks/fusion_scaling.py`` (same module, inputs and timing; forward
 and forward+backward, batch 1, float32) at each size under two glibc settings, side by side:
