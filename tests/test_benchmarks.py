@@ -94,3 +94,21 @@ def test_cpu_allocator_quick(tmp_path):
     growth = rows[(64, "default")]["fwd_bwd_ms"] / rows[(32, "default")]["fwd_bwd_ms"]
     assert payload["checks"]["default_max_growth_per_doubling"] == pytest.approx(growth)
     assert "| 64 |" in (tmp_path / "cpu_allocator.md").read_text()
+
+
+def test_cpu_allocator_report_compares_settings_per_size():
+    module = _load("cpu_allocator")
+
+    def row(tokens, setting, ms):
+        return {"video_tokens": tokens, "setting": setting, "fwd_ms": ms / 2, "fwd_bwd_ms": ms, "fwd_bwd_faults": 0,
+                "fwd_bwd_peak_mib": 1.0}  # fmt: skip
+
+    rows = [row(1024, "default", 100), row(1024, "retain", 100), row(2048, "default", 250), row(2048, "retain", 200),
+            row(3000, "default", 400), row(3000, "retain", 300)]  # fmt: skip
+    table, checks = module.report(rows)
+    assert checks["default_over_retain_fwd_bwd"] == {"1024": 1.0, "2048": 1.25, "3000": pytest.approx(4 / 3)}
+    # growth only between sizes that double: 1,024 -> 2,048, not 2,048 -> 3,000
+    assert checks["default_max_growth_per_doubling"] == 2.5 and checks["default_growth_at_most_2.3x"] is False
+    assert checks["retain_max_growth_per_doubling"] == 2.0 and checks["retain_growth_at_most_2.3x"] is True
+    assert "| 2,048 | 125.0 | 250.0 | 0 | 1 | 100.0 | 200.0 | 0 | 1 | 1.25x | 2.50x | 2.00x |" in table
+    assert "| 3,000 |" in table and table.splitlines()[-1].endswith("| - | - |")
