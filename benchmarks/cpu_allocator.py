@@ -59,7 +59,7 @@ def worker_env(setting: str) -> dict[str, str]:
 
 def run_case(args: argparse.Namespace, tokens: int, setting: str) -> dict[str, Any]:
     """One (tokens, setting) case in a fresh process (``fusion_scaling.py --worker``); returns its JSON result."""
-    command = fusion_scaling._worker_command(args.case_args, "mamba", tokens)
+    command = fusion_scaling.worker_command(args.case_args, "mamba", tokens)
     proc = subprocess.run(command, env=worker_env(setting), capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -83,7 +83,7 @@ def measure(args: argparse.Namespace) -> dict[tuple[int, str], list[dict[str, An
         for tokens in args.tokens:
             for setting in SETTINGS:
                 if args.wait_quiet > 0:
-                    fusion_scaling._wait_for_quiet(args.wait_quiet)
+                    fusion_scaling.wait_for_quiet(args.wait_quiet)
                 result = run_case(args, tokens, setting)
                 results[(tokens, setting)].append(result)
                 logger.info(

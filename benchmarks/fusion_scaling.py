@@ -229,7 +229,8 @@ def scan_backend(device: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _worker_command(args: argparse.Namespace, fusion: str, tokens: int) -> list[str]:
+def worker_command(args: argparse.Namespace, fusion: str, tokens: int) -> list[str]:
+    """The command line that measures one (fusion, tokens) case in a fresh process (also used by cpu_allocator.py)."""
     return [
         sys.executable, str(Path(__file__).resolve()), "--worker", "--fusion", fusion, "--tokens", str(tokens),
         "--device", args.device, "--hidden-size", str(args.hidden_size), "--question-tokens",
@@ -344,9 +345,9 @@ def _run_worker(args: argparse.Namespace, fusion: str, tokens: int) -> tuple[dic
     waited, best = 0.0, None
     for attempt in range(2 if cpu and args.wait_quiet > 0 else 1):
         if cpu and args.wait_quiet > 0:
-            waited += _wait_for_quiet(args.wait_quiet)
+            waited += wait_for_quiet(args.wait_quiet)
         load = _load_average()
-        proc = subprocess.run(_worker_command(args, fusion, tokens), capture_output=True, text=True, check=False)
+        proc = subprocess.run(worker_command(args, fusion, tokens), capture_output=True, text=True, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             logger.warning("%s at %d tokens failed (exit %d): %s", fusion, tokens, proc.returncode,
@@ -378,7 +379,7 @@ def _running_tasks() -> float:
     return sum(samples) / len(samples)
 
 
-def _wait_for_quiet(max_wait: float) -> float:
+def wait_for_quiet(max_wait: float) -> float:
     """Wait (at most ``max_wait`` seconds) until no other task is running; returns the seconds waited."""
     start = time.monotonic()
     while (busy := _running_tasks()) >= 0.5 and time.monotonic() - start < max_wait:
