@@ -120,14 +120,14 @@ def report(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         "| growth per doubling, default | growth per doubling, retain |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    growth: dict[str, dict[int, float]] = {setting: {} for setting in SETTINGS}
+    growth = {
+        setting: fusion_scaling.growth_per_doubling(sizes, {n: by[(n, setting)]["fwd_bwd_ms"] for n in sizes})
+        for setting in SETTINGS
+    }
     ratio: dict[int, float] = {}
-    for i, n in enumerate(sizes):
+    for n in sizes:
         default, retain = by[(n, "default")], by[(n, "retain")]
         ratio[n] = default["fwd_bwd_ms"] / retain["fwd_bwd_ms"]
-        if i and n == 2 * sizes[i - 1]:
-            for setting in SETTINGS:
-                growth[setting][n] = by[(n, setting)]["fwd_bwd_ms"] / by[(sizes[i - 1], setting)]["fwd_bwd_ms"]
         cells = [f"{n:,}"]
         for row in (default, retain):
             cells += [f"{row['fwd_ms']:.1f}", f"{row['fwd_bwd_ms']:.1f}", f"{row['fwd_bwd_faults']:,.0f}",
@@ -136,12 +136,8 @@ def report(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         cells += [f"{growth[s][n]:.2f}x" if n in growth[s] else "-" for s in SETTINGS]
         lines.append("| " + " | ".join(cells) + " |")
     checks: dict[str, Any] = {"default_over_retain_fwd_bwd": {str(n): r for n, r in ratio.items()}}
-    for setting in SETTINGS:
-        # the linear-time bound of issue 5, checked as fusion_scaling.py does (from 1,024 tokens when measured)
-        large = {n: g for n, g in growth[setting].items() if n >= 1024} or growth[setting]
-        if large:
-            checks[f"{setting}_max_growth_per_doubling"] = max(large.values())
-            checks[f"{setting}_growth_at_most_2.3x"] = max(large.values()) <= 2.3
+    for setting in SETTINGS:  # issue 5's linear-time bound, with fusion_scaling.py's rule
+        checks.update(fusion_scaling.linear_growth_checks(growth[setting], setting))
     return "\n".join(lines), checks
 
 
