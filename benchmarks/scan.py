@@ -11,8 +11,12 @@ delta_bias), D and z):
 Measured per implementation: forward time (under ``torch.no_grad()``), forward+backward time
 (all eight inputs require grad; ``out.backward(random)``) and peak memory. Also measured: the
 floor of any forward (forming ``exp(delta * A)`` for all b*d*l*n elements, with ``torch.exp2``
-as the ``torch`` backend does and with ``torch.exp``) and torch.profiler's split of one ``torch``
-forward by op.
+as the ``torch`` backend does and with ``torch.exp``), torch.profiler's split of one ``torch``
+forward by op, and a **fused compiled forward** (``fused-c++``): ``benchmarks/native/scan_fwd.cc``,
+one pass with the state in registers as mamba-ssm's CUDA kernel does on a GPU, built at run time
+with the system C++ compiler and loaded with ctypes. It is not part of mambavl (whose CPU scan is
+pure PyTorch); it shows how far a compiled CPU kernel would go on this machine. Without a C++
+compiler (or with ``--no-native``) it is left out and the report says why.
 
 Method
 ------
@@ -44,6 +48,7 @@ Usage::
     python benchmarks/scan.py                 # full size, writes benchmarks/results/scan_cpu.{json,md}
     python benchmarks/scan.py --quick         # small size, prints only (unless --out is given)
     python benchmarks/scan.py --threads 2,1 --repeats 7 --processes 3 --wait-quiet 300 --retries 3
+    python benchmarks/scan.py --no-native     # without the fused compiled forward (no C++ compiler needed)
 """
 
 from __future__ import annotations
@@ -53,9 +58,11 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +72,10 @@ IMPLS = ("torch", "reference", "transformers")
 FLOORS = {"exp2-floor": "exp2", "exp-floor": "exp"}
 #: Not a timing: torch.profiler's per-op split of one ``torch`` forward (see _profile_forward).
 PROFILE = "torch-profile"
+#: Not part of mambavl: the fused C++ forward of NATIVE_SOURCE, compiled at run time (forward only; see build_native).
+NATIVE = "fused-c++"
+NATIVE_SOURCE = Path(__file__).resolve().parent / "native" / "scan_fwd.cc"
+NATIVE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
 MODES = ("fwd", "fwdbwd")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: A probe above this many microseconds means another process holds the cores (see _probe_us).
@@ -161,6 +172,60 @@ def _scan_fn(impl):
     raise ValueError(impl)
 
 
+def build_native(out_dir: str | Path, compiler: str | None = None) -> tuple[Path | None, str]:
+    """Compile :data:`NATIVE_SOURCE` into ``out_dir`` -> ``(shared library or None, what happened)``.
+
+    The compiler is ``compiler``, else ``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on the PATH. On
+    failure the path is ``None`` and the message says why (no compiler, or the compiler's last output lines).
+    """
+    cxx = compiler or os.environ.get("CXX") or next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
+    if not cxx:
+        return None, "no C++ compiler found (set CXX, or install g++ / clang++)"
+    lib = Path(out_dir) / "scan_fwd.so"
+    cmd = [cxx, *NATIVE_FLAGS, str(NATIVE_SOURCE), "-o", str(lib)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        return None, f"{cxx} could not run: {exc}"
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        return None, f"{' '.join(cmd)} failed (exit {proc.returncode}): {tail}"
+    return lib, " ".join([os.path.basename(cxx), *NATIVE_FLAGS])
+
+
+def native_scan_fn(lib_path: str | Path):
+    """The compiled forward of :func:`build_native` as ``fn(u, delta, A, B, C, D, z, delta_bias) -> out``.
+
+    Same arguments and layouts as :func:`mambavl.ops.selective_scan` (float32, ``delta_softplus=True``, the
+    benchmark's case), ``D``, ``z`` and ``delta_bias`` optional; runs on ``torch.get_num_threads()`` threads.
+    No autograd: forward only.
+    """
+    import ctypes
+
+    import torch
+
+    kernel = ctypes.CDLL(str(lib_path)).mambavl_scan_fwd
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    kernel.argtypes = [ptr] * 8 + [ctypes.c_int, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
+    kernel.restype = ctypes.c_int
+
+    def fn(u, delta, A, B, C, D=None, z=None, delta_bias=None):
+        tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+        for name, t in tensors.items():
+            if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+                raise TypeError(f"{NATIVE}: {name} must be a float32 CPU tensor, got {t.dtype} on {t.device}")
+        args = [None if t is None else t.contiguous() for t in tensors.values()]
+        b, d, L = u.shape
+        n = A.shape[1]
+        out, last = u.new_empty(b, d, L), u.new_empty(b, d, n)
+        pointers = [None if t is None else t.data_ptr() for t in args]
+        if kernel(*pointers, 1, out.data_ptr(), last.data_ptr(), b, d, L, n, torch.get_num_threads()):
+            raise ValueError(f"{NATIVE}: state size n={n} is above the kernel's limit (NMAX in {NATIVE_SOURCE.name})")
+        return out
+
+    return fn
+
+
 def _floor_fn(exp_name):
     """exp(delta_t * A) for every (b, d, l, n) element, and nothing else, in cache-sized chunks.
 
@@ -224,7 +289,7 @@ def worker(args) -> dict:
     if args.impl == PROFILE:
         ops = _profile_forward(_make_inputs(args.b, args.d, args.L, args.n), names)
         return {"impl": PROFILE, "threads": torch.get_num_threads(), "ops": ops}
-    fn = _scan_fn(args.impl)
+    fn = native_scan_fn(args.native_lib) if args.impl == NATIVE else _scan_fn(args.impl)
 
     def make_call(x):
         if args.mode == "fwd":
@@ -326,6 +391,8 @@ def _run_case(args, impl, mode, L) -> dict:
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if impl == NATIVE:
+        cmd += ["--native-lib", str(args.native_lib)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"case {impl}/{mode} failed:\n{proc.stderr[-4000:]}")
@@ -430,6 +497,8 @@ def _run_all(args, impls, threads, hf_l) -> dict:
     ]
     if "torch" in impls:
         todo += [(name, "fwd", args.L) for name in FLOORS]
+        if args.native_lib:
+            todo.append((NATIVE, "fwd", args.L))
     runs = {case: [] for case in todo}
     for p in range(args.processes):
         for impl, mode, L in todo:
@@ -445,10 +514,23 @@ def _run_all(args, impls, threads, hf_l) -> dict:
                 flush=True,
             )
     cases, floors = {}, {}
+    native = {"built": False, "reason": args.native_status} if "torch" in impls else None
     for (impl, mode, L), case_runs in runs.items():
         r = _merge_processes(case_runs)
         if impl in FLOORS:
             floors[FLOORS[impl]] = {"median_s": r["median_s"], "min_s": r["min_s"], "contended": r["contended"]}
+            continue
+        if impl == NATIVE:
+            native = {
+                "built": True,
+                "compile": args.native_status,
+                "source": os.path.relpath(NATIVE_SOURCE, Path(__file__).resolve().parent.parent),
+                "median_s": r["median_s"],
+                "min_s": r["min_s"],
+                "process_medians_s": r["process_medians_s"],
+                "contended": r["contended"],
+                "rel_diff_vs_torch": r["rel_diff_vs_torch"],
+            }
             continue
         scale = args.L / L
         r["extrapolated_from_l"] = L if L != args.L else None
@@ -508,6 +590,7 @@ def _run_all(args, impls, threads, hf_l) -> dict:
         "loadavg_end": [round(x, 2) for x in load_end],
         "rows": rows,
         "exp_floors": floors or None,
+        "native_forward": native,
         "torch_forward_profile": profile_ops,
         "cases": list(cases.values()),
     }
@@ -573,8 +656,9 @@ def _markdown(result) -> str:
 
 
 def _floor_lines(run, shape) -> list[str]:
-    """The markdown paragraphs on the ``exp`` floors and the profile of the ``torch`` forward."""
-    floors, ops = run.get("exp_floors"), run.get("torch_forward_profile")
+    """The markdown paragraphs on the ``exp`` floors, the fused compiled forward and the profile of the ``torch``
+    forward."""
+    floors, ops, native = run.get("exp_floors"), run.get("torch_forward_profile"), run.get("native_forward")
     lines = []
     if floors:
         fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
@@ -589,11 +673,13 @@ def _floor_lines(run, shape) -> list[str]:
             f"Floor: forming `exp(delta * A)` alone over all b*d*l*n = {elements:,} elements, in cache-sized "
             f"chunks, takes {took(low)} with `torch.exp2` (as the `torch` backend does: `exp2(delta * A log2 e)`) "
             f"and {took(floors['exp'])} with `torch.exp` (as `reference` and transformers do). Every scan forms "
-            f"these values, so no forward can beat the `exp2` floor: the `torch` forward is "
-            f"{fwd['torch'] / low['median_s']:.1f}x it, and the largest forward speed-up over the others that any "
+            f"these values, so no forward made of PyTorch ops can beat the `exp2` floor: the `torch` forward is "
+            f"{fwd['torch'] / low['median_s']:.1f}x it, and the largest forward speed-up over the others that such a "
             f"scan could reach here is {caps}.",
             "",
         ]
+    if native:
+        lines += [_native_line(native, {r["impl"]: r["fwd_s"] for r in run["rows"]}), ""]
     if ops:
         total = sum(o["self_ms"] for o in ops)
         lines += [
@@ -606,6 +692,31 @@ def _floor_lines(run, shape) -> list[str]:
             "",
         ]
     return lines
+
+
+def _native_line(native: dict, fwd: dict) -> str:
+    """The markdown paragraph on the fused compiled forward (``native_forward`` of a run; ``fwd``: impl -> seconds)."""
+    what = (
+        f"A fused, compiled forward (`{NATIVE}`: `benchmarks/native/scan_fwd.cc`, one pass per (batch, 16 channels) "
+        "with the state kept on the core, as mamba-ssm's CUDA kernel does on a GPU; not part of mambavl, whose CPU "
+        "scan is pure PyTorch)"
+    )
+    if not native["built"]:
+        return f"{what} was not measured: {native['reason']}."
+    spread = native["process_medians_s"]
+    speedups = ", ".join(f"`{impl}` {t / native['median_s']:.1f}x" for impl, t in fwd.items())
+    notes = []
+    if max(spread) > 1.2 * min(spread):
+        notes.append(f"per-process medians {' / '.join(_fmt_ms(t) for t in spread)} ms")
+    if native["contended"]:
+        notes.append("contended")
+    return (
+        f"{what}, built with `{native['compile']}`, takes {_fmt_ms(native['median_s'])} ms "
+        f"({_fmt_ms(native['min_s'])})"
+        + "".join(f" ({note})" for note in notes)
+        + f"; forward rel. diff vs torch {native['rel_diff_vs_torch']:.1e}. Speed-up of that kernel over each row: "
+        f"{speedups}. This is how far a compiled CPU kernel goes here, against the pure-PyTorch `torch` backend."
+    )
 
 
 def main(argv=None):
@@ -647,6 +758,11 @@ def main(argv=None):
     )
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument(
+        "--no-native",
+        action="store_true",
+        help=f"leave out the fused compiled forward ({NATIVE}, built from {NATIVE_SOURCE.name} with the C++ compiler)",
+    )
+    p.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -668,6 +784,7 @@ def main(argv=None):
     p.add_argument("--d", type=int, default=1536, help=argparse.SUPPRESS)
     p.add_argument("--l", dest="L", type=int, default=1568, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=16, help=argparse.SUPPRESS)
+    p.add_argument("--native-lib", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
@@ -693,7 +810,14 @@ def main(argv=None):
     load = os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load:.2f} on {os.cpu_count()} CPUs; timings will be noisy", file=sys.stderr)
-    runs = [_run_all(args, impls, t, hf_l) for t in thread_counts]
+    with tempfile.TemporaryDirectory(prefix="mambavl-scan-native-") as build_dir:
+        if args.no_native:
+            args.native_lib, args.native_status = None, "left out (--no-native)"
+        elif "torch" in impls:
+            args.native_lib, args.native_status = build_native(build_dir)
+            if args.native_lib is None:
+                print(f"warning: {NATIVE} not measured: {args.native_status}", file=sys.stderr)
+        runs = [_run_all(args, impls, t, hf_l) for t in thread_counts]
 
     command = "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
     result = {
