@@ -13,7 +13,7 @@ Measured per implementation: forward time (under ``torch.no_grad()``), forward+b
 floor of any forward (forming ``exp(delta * A)`` for all b*d*l*n elements, with ``torch.exp2``
 as the ``torch`` backend does and with ``torch.exp``), torch.profiler's split of one ``torch``
 forward by op, and a **fused compiled forward** (``fused-c++``): ``benchmarks/native/scan_fwd.cc``,
-one pass with the state in registers as mamba-ssm's CUDA kernel does on a GPU, built at run time
+one pass with the state kept on the core as mamba-ssm's CUDA kernel does on a GPU, built at run time
 with the system C++ compiler and loaded with ctypes. It is not part of mambavl (whose CPU scan is
 pure PyTorch); it shows how far a compiled CPU kernel would go on this machine. Without a C++
 compiler (or with ``--no-native``) it is left out and the report says why.
@@ -172,13 +172,19 @@ def _scan_fn(impl):
     raise ValueError(impl)
 
 
+def native_compiler() -> str | None:
+    """The C++ compiler :func:`build_native` uses by default: ``$CXX``, else the first of ``c++``, ``g++``,
+    ``clang++`` on the PATH, else ``None``."""
+    return os.environ.get("CXX") or next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
+
+
 def build_native(out_dir: str | Path, compiler: str | None = None) -> tuple[Path | None, str]:
     """Compile :data:`NATIVE_SOURCE` into ``out_dir`` -> ``(shared library or None, what happened)``.
 
-    The compiler is ``compiler``, else ``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on the PATH. On
-    failure the path is ``None`` and the message says why (no compiler, or the compiler's last output lines).
+    The compiler is ``compiler``, else :func:`native_compiler`. On failure the path is ``None`` and the message
+    says why (no compiler, or the compiler's last output lines).
     """
-    cxx = compiler or os.environ.get("CXX") or next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
+    cxx = compiler or native_compiler()
     if not cxx:
         return None, "no C++ compiler found (set CXX, or install g++ / clang++)"
     lib = Path(out_dir) / "scan_fwd.so"
@@ -197,12 +203,14 @@ def native_scan_fn(lib_path: str | Path):
     """The compiled forward of :func:`build_native` as ``fn(u, delta, A, B, C, D, z, delta_bias) -> out``.
 
     Same arguments and layouts as :func:`mambavl.ops.selective_scan` (float32, ``delta_softplus=True``, the
-    benchmark's case), ``D``, ``z`` and ``delta_bias`` optional; runs on ``torch.get_num_threads()`` threads.
-    No autograd: forward only.
+    benchmark's case), ``D``, ``z`` and ``delta_bias`` optional, checked by the library's own input validation
+    before any pointer reaches the kernel; runs on ``torch.get_num_threads()`` threads. No autograd: forward only.
     """
     import ctypes
 
     import torch
+
+    from mambavl.ops.selective_scan import _validate
 
     kernel = ctypes.CDLL(str(lib_path)).mambavl_scan_fwd
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
@@ -210,6 +218,7 @@ def native_scan_fn(lib_path: str | Path):
     kernel.restype = ctypes.c_int
 
     def fn(u, delta, A, B, C, D=None, z=None, delta_bias=None):
+        _validate(u, delta, A, B, C, D, z, delta_bias)  # shapes and devices, as selective_scan checks them
         tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
         for name, t in tensors.items():
             if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
@@ -441,6 +450,13 @@ def _fmt_mib(b):
     return "—" if b is None else f"{b / 2**20:,.0f}"
 
 
+def _spread_note(process_medians_s: list[float]) -> str | None:
+    """``"per-process medians a / b / c ms"`` when the processes of a case were more than 1.2x apart, else None."""
+    if max(process_medians_s) > 1.2 * min(process_medians_s):
+        return f"per-process medians {' / '.join(_fmt_ms(t) for t in process_medians_s)} ms"
+    return None
+
+
 def _quiet_case(args, impl, mode, L) -> dict:
     """One subprocess run of a case, waiting for quiet and re-running it while contended (``--retries``)."""
     waited, attempt = 0.0, 0
@@ -556,9 +572,9 @@ def _run_all(args, impls, threads, hf_l) -> dict:
                 f"{_fmt_mib(fb['peak_extra_rss_bytes'])} MiB)"
             )
         for c in (f, fb):
-            spread = [t * c["median_s_full"] / c["median_s"] for t in c["process_medians_s"]]
-            if max(spread) > 1.2 * min(spread):
-                notes.append(f"{c['mode']}: per-process medians {' / '.join(_fmt_ms(t) for t in spread)} ms")
+            spread = _spread_note([t * c["median_s_full"] / c["median_s"] for t in c["process_medians_s"]])
+            if spread:
+                notes.append(f"{c['mode']}: {spread}")
             if c["repeats"] < args.repeats:
                 notes.append(f"{c['mode']}: {c['repeats']} timed call(s) (slow case)")
             if c.get("attempts", 1) > 1:
@@ -659,9 +675,9 @@ def _floor_lines(run, shape) -> list[str]:
     """The markdown paragraphs on the ``exp`` floors, the fused compiled forward and the profile of the ``torch``
     forward."""
     floors, ops, native = run.get("exp_floors"), run.get("torch_forward_profile"), run.get("native_forward")
+    fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
     lines = []
     if floors:
-        fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
         low = floors["exp2"]
         caps = ", ".join(f"`{impl}` {t / low['median_s']:.1f}x" for impl, t in fwd.items() if impl != "torch")
         elements = shape["b"] * shape["d"] * shape["l"] * shape["n"]
@@ -679,7 +695,7 @@ def _floor_lines(run, shape) -> list[str]:
             "",
         ]
     if native:
-        lines += [_native_line(native, {r["impl"]: r["fwd_s"] for r in run["rows"]}), ""]
+        lines += [_native_line(native, fwd), ""]
     if ops:
         total = sum(o["self_ms"] for o in ops)
         lines += [
@@ -703,17 +719,12 @@ def _native_line(native: dict, fwd: dict) -> str:
     )
     if not native["built"]:
         return f"{what} was not measured: {native['reason']}."
-    spread = native["process_medians_s"]
     speedups = ", ".join(f"`{impl}` {t / native['median_s']:.1f}x" for impl, t in fwd.items())
-    notes = []
-    if max(spread) > 1.2 * min(spread):
-        notes.append(f"per-process medians {' / '.join(_fmt_ms(t) for t in spread)} ms")
-    if native["contended"]:
-        notes.append("contended")
+    notes = [_spread_note(native["process_medians_s"]), "contended" if native["contended"] else None]
     return (
         f"{what}, built with `{native['compile']}`, takes {_fmt_ms(native['median_s'])} ms "
         f"({_fmt_ms(native['min_s'])})"
-        + "".join(f" ({note})" for note in notes)
+        + "".join(f" ({note})" for note in notes if note)
         + f"; forward rel. diff vs torch {native['rel_diff_vs_torch']:.1e}. Speed-up of that kernel over each row: "
         f"{speedups}. This is how far a compiled CPU kernel goes here, against the pure-PyTorch `torch` backend."
     )

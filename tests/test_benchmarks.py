@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ def test_scan_benchmark_quick(tmp_path):
     md = (tmp_path / "scan_cpu.md").read_text()
     assert "| `torch` |" in proc.stdout and "Floor: forming `exp(delta * A)`" in md and "| `aten::addcmul_` |" in md
     native = run_["native_forward"]  # the fused compiled forward, built by the run with the machine's compiler
-    if shutil.which("c++") or shutil.which("g++"):
+    if _load("scan").native_compiler():
         assert native["built"], native
         assert native["median_s"] > 0 and native["rel_diff_vs_torch"] < 1e-5
         assert len(native["process_medians_s"]) == 2 and "A fused, compiled forward (`fused-c++`" in md
@@ -72,7 +71,7 @@ def test_scan_benchmark_quick(tmp_path):
 def native_scan(tmp_path_factory):
     """``fn(u, delta, A, B, C, D, z, delta_bias)`` of benchmarks/native/scan_fwd.cc, compiled here."""
     scan = _load("scan")
-    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+    if not scan.native_compiler():
         pytest.skip("no C++ compiler on this machine: benchmarks/scan.py reports the kernel as not measured")
     lib, status = scan.build_native(tmp_path_factory.mktemp("native"))
     assert lib is not None, status
@@ -109,6 +108,8 @@ def test_native_scan_rejects_what_it_cannot_run(native_scan):
     u = torch.randn(1, 4, 8)
     with pytest.raises(TypeError, match="delta must be a float32 CPU tensor"):
         native_scan(u, u.double(), -torch.ones(4, 2), torch.ones(1, 2, 8), torch.ones(1, 2, 8))
+    with pytest.raises(ValueError, match=r"delta has shape \(1, 4, 4\)"):  # never a wrong size into the kernel
+        native_scan(u, u[:, :, :4].contiguous(), -torch.ones(4, 2), torch.ones(1, 2, 8), torch.ones(1, 2, 8))
     with pytest.raises(ValueError, match="state size n=65 is above"):
         native_scan(u, u, -torch.ones(4, 65), torch.ones(1, 65, 8), torch.ones(1, 65, 8))
 
