@@ -13,7 +13,8 @@ Building blocks
 - :func:`ek100_to_phrase` turns EPIC-KITCHENS-100 keys into phrases (``"turn-on"`` -> ``"turn on"``,
   ``"board:chopping"`` -> ``"chopping board"``).
 - :func:`phrase_word_forms` gives every word form that strict masking removes for a phrase (all
-  inflections of its content words through ``lemminflect``, working offline, plus its particles).
+  inflections of its content words through ``lemminflect``, working offline, and the regular plurals of
+  :func:`regular_plurals` on top, plus its particles).
 - :func:`mask_phrases` masks phrases in a text; :func:`find_leaks` audits a text for surviving forms.
 - :class:`QuestionBank` loads per-action question lists from CSV or JSON.
 - :class:`QuestionBuilder` picks and fills templates or bank questions and masks them per policy.
@@ -24,10 +25,13 @@ Words are runs of letters and digits; matching is case-insensitive and whole-wor
 "pancake"). Each word of a phrase is one of three kinds:
 
 - *content words* ("open", "board", "chopping"): masked wherever they occur, in every inflection, and
-  in the forms of their lemmas too ("knives" masks "knife");
+  in the forms of their lemmas too ("knives" masks "knife"); the regular plural rule is applied on top
+  of the dictionary to the word, its lemmas and its "-ing" forms ("peelings", "cutleries", "cuttings"),
+  so that words the dictionary lacks or lists as uncountable never leak through a plural;
 - *particles* (prepositions and adverbial particles such as "on", "off", "down", "up", "in", "back"):
   masked wherever they occur as written, because "on" versus "off" is all that separates the classes
-  *turn-on* and *turn-off*;
+  *turn-on* and *turn-off*; the last word of a phrase heads it and takes the plural rule even when it
+  is a particle (EK100 "over:left", "left over", masks "left overs");
 - *stop words* (articles, determiners, pronouns, conjunctions such as "the", "a", "it", "and"): masked
   only inside a contiguous occurrence of the whole phrase, since they never tell classes apart.
 
@@ -105,6 +109,7 @@ __all__ = [
     "mask_phrases",
     "phrase_word_forms",
     "phrase_words",
+    "regular_plurals",
     "stable_index",
     "word_forms",
 ]
@@ -236,6 +241,9 @@ def word_forms(word: str) -> frozenset[str]:
     ``"take"``), and all inflections of the word and of those lemmas (``"open"`` -> opens, opened,
     opening; ``"cut"`` -> cuts, cutting; ``"take"`` -> took, taken). Words lemminflect does not know
     (``"hob"``, ``"aubergine"``) get the regular noun and verb forms of its out-of-vocabulary rules.
+    On top of the dictionary, :func:`regular_plurals` of the word, of its lemmas and of its "-ing" forms
+    are added ("cutlery" -> cutleries, "peeling" -> peelings, "cut" -> cuttings), which the dictionary
+    lacks for uncountable nouns and gerunds.
     Particles and stop words (see :data:`PARTICLES`, :data:`STOP_WORDS`) are returned as written; a
     phrase of one word is always treated as a content word (see :func:`phrase_word_forms`).
     """
@@ -274,13 +282,52 @@ def _inflected_forms(word: str) -> frozenset[str]:
             inflections = {**inflections, **getAllInflectionsOOV(lemma, "NOUN")}
         for values in inflections.values():
             forms.update(values)
-    return frozenset(form.lower() for form in forms if form)
+    # The dictionary lacks many regular plurals ("peelings", "cutleries", "leftovers" of an unlisted
+    # word): add the regular plurals of the word, of its lemmas and of every "-ing" form (gerunds
+    # used as nouns: "peelings", "cuttings", "shavings").
+    forms = {form.lower() for form in forms if form}
+    bases = {word} | {lemma.lower() for lemma in lemmas} | {form for form in forms if form.endswith("ing")}
+    for base in bases:
+        forms.update(regular_plurals(base))
+    return frozenset(forms)
+
+
+_VOWELS = frozenset("aeiou")
+
+
+def regular_plurals(word: str) -> frozenset[str]:
+    """The regular English plural (or third-person "-s") forms of ``word``, by spelling rule only.
+
+    ``-s`` in general ("board" -> boards, "peeling" -> peelings, "over" -> overs); ``-es`` after a
+    sibilant ("glass", "box", "quiz", "peach", "dish" -> glasses, ...); ``-ies`` for a consonant + ``y``
+    ("cutlery" -> cutleries, "fry" -> fries; "tray" -> trays); both ``-s`` and ``-es`` after a
+    consonant + ``o`` ("potato" -> potatoes, "avocado" -> avocados); both ``-s`` and ``-ves`` after
+    ``f``/``fe`` ("leaf" -> leaves, "knife" -> knives, "roof" -> roofs). The rule needs no dictionary,
+    so it covers words never seen before; irregular plurals ("mice") come from ``lemminflect`` in
+    :func:`word_forms`. Returns lower-cased forms (an empty set for an empty or non-alphabetic word).
+    """
+    word = word.lower()
+    if not word.isalpha():
+        return frozenset()
+    last, before = word[-1], word[-2] if len(word) > 1 else ""
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return frozenset([word + "es"])
+    if last == "y" and before and before not in _VOWELS:
+        return frozenset([word[:-1] + "ies"])
+    if last == "o" and before and before not in _VOWELS:
+        return frozenset([word + "s", word + "es"])
+    if last == "f":
+        return frozenset([word + "s", word[:-1] + "ves"])
+    if word.endswith("fe"):
+        return frozenset([word + "s", word[:-2] + "ves"])
+    return frozenset([word + "s"])
 
 
 def phrase_word_forms(phrase: str) -> frozenset[str]:
     """The word forms that strict masking removes *wherever they occur* for ``phrase``.
 
-    The union of :func:`word_forms` of its content words and of its particles as written; stop words
+    The union of :func:`word_forms` of its content words and of its particles as written (a particle
+    that ends the phrase with its :func:`regular_plurals` too: "over:left" gives "overs"); stop words
     are left out, since they are masked only inside a contiguous occurrence of the phrase. A phrase of
     a single word is always a content word, whatever its kind ("can" the noun, not the modal).
     ``phrase_word_forms("turn-on")`` contains turn, turns, turned, turning and on.
@@ -325,6 +372,9 @@ def _compile(phrases: tuple[str, ...], synonyms: tuple[str, ...], strict: bool) 
         for position, word in enumerate(words):
             kind = _CONTENT if len(words) == 1 else _word_kind(word)
             forms = _inflected_forms(word) if kind == _CONTENT else frozenset([word])
+            if kind == _PARTICLE and position == len(words) - 1:
+                # The last word heads the phrase: "left over" (EK100 "over:left") is also "left overs".
+                forms = forms | regular_plurals(word)
             position_forms.append(forms)
             if kind == _CONTENT or (kind == _PARTICLE and is_strict_phrase):
                 for form in forms:
