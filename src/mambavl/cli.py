@@ -96,7 +96,10 @@ def _video_source(args: argparse.Namespace) -> Any:
     return FeatureSource(args.features_root, video_fps=args.annotation_fps)
 
 
-def _dataset(args: argparse.Namespace, annotations: Path, source: Any, training: bool, processor: Any) -> Any:
+def _dataset(
+    args: argparse.Namespace, annotations: Path, source: Any, training: bool, processor: Any, label_space: Any = ()
+) -> Any:
+    """``label_space``: (verb classes, noun classes) the class ids are checked against when loading."""
     from .data import EK100AnticipationDataset, EK100SegmentDataset, load_annotations
 
     kwargs = dict(
@@ -108,10 +111,24 @@ def _dataset(args: argparse.Namespace, annotations: Path, source: Any, training:
     )
     if args.task == "anticipation":
         return EK100AnticipationDataset(
-            load_annotations(annotations), source, anticipation_time=args.anticipation_time,
+            load_annotations(annotations, *label_space), source, anticipation_time=args.anticipation_time,
             observation_time=args.observation_time, **kwargs,
         )  # fmt: skip
-    return EK100SegmentDataset(load_annotations(annotations), source, **kwargs)
+    return EK100SegmentDataset(load_annotations(annotations, *label_space), source, **kwargs)
+
+
+def _train_label_space(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
+    """The class lists of --verb-classes/--noun-classes, checked against the model's heads."""
+    from .data import load_class_list
+
+    classes = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
+    for kind, path, found in (("verb", args.verb_classes, classes[0]), ("noun", args.noun_classes, classes[1])):
+        expected = getattr(model.config, f"num_{kind}_classes")
+        if len(found) != expected:
+            raise SystemExit(
+                f"--{kind}-classes {path} lists {len(found)} classes, but the model has {expected} {kind} classes."
+            )
+    return classes
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -292,8 +309,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     model, processor = _build_model_and_processor(args)
     source = _video_source(args)
-    train_set = _dataset(args, args.train_annotations, source, True, processor)
-    val_set = _dataset(args, args.val_annotations, source, False, processor) if args.val_annotations else None
+    classes = _train_label_space(args, model)
+    train_set = _dataset(args, args.train_annotations, source, True, processor, classes)
+    val_set = _dataset(args, args.val_annotations, source, False, processor, classes) if args.val_annotations else None
     config = TrainingConfig(
         output_dir=args.output_dir, num_epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
@@ -339,7 +357,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     model = _model_class(args.task).from_pretrained(args.model).eval()
     processor = MambaVLProcessor.from_pretrained(args.model)
-    dataset = _dataset(args, args.annotations, _video_source(args), False, processor)
+    classes = model.config.num_verb_classes, model.config.num_noun_classes
+    dataset = _dataset(args, args.annotations, _video_source(args), False, processor, classes)
     metrics = evaluate(model, dataset, MambaVLCollator(processor), batch_size=args.batch_size, task=args.task)
     _print_metrics(f"{args.annotations.name}: {metrics['num_samples']} segments", metrics)
     if args.output:

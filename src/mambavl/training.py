@@ -369,6 +369,10 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
+    from .data.epic_kitchens import check_dataset_labels
+
+    for dataset in (train_dataset, eval_dataset):  # class ids the heads cannot take fail now, not mid-training
+        check_dataset_labels(dataset, getattr(model, "config", None))
     cfg = config
     accelerator = Accelerator(
         cpu=cfg.use_cpu if cfg.use_cpu is not None else not _has_accelerator(),

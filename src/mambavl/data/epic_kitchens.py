@@ -56,6 +56,8 @@ __all__ = [
     "SkippedSegment",
     "VideoFileSource",
     "VideoSource",
+    "check_annotations",
+    "check_dataset_labels",
     "check_label_consistency",
     "class_names",
     "instances_by_key",
@@ -149,12 +151,15 @@ def load_class_list(path: str | os.PathLike) -> list[ActionClass]:
     """Load an EK100 class list CSV (``id,key,instances,category``), sorted by id.
 
     Raises:
-        ValueError: a column is missing, an ``instances`` cell is not a list of strings, or the ids
-            are not exactly ``0..K-1``.
+        ValueError: naming the file and line: a column is missing, an id is not an integer, a class
+            name (``key``) is empty or used twice, an ``instances`` cell is not a list of non-empty
+            strings, or the ids are not exactly ``0..K-1``.
     """
     import csv
 
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Class list not found: {path!r}")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         fields = reader.fieldnames or []
@@ -162,18 +167,32 @@ def load_class_list(path: str | os.PathLike) -> list[ActionClass]:
         if missing:
             raise ValueError(f"Class list {path!r} lacks required column(s) {missing}; found {fields}")
         classes = []
-        for line, row in enumerate(reader, start=2):
+        key_lines: dict[str, int] = {}
+        for row in reader:
+            # The row's first line: a quoted cell may span lines, and blank lines are skipped.
+            line = reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str))
             try:
                 class_id = int(row["id"])
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{path!r} line {line}: id {row['id']!r} is not an integer") from exc
+            key = row["key"] or ""
+            if not key.strip():
+                raise ValueError(f"{path!r} line {line}: class id {class_id} has an empty name (column 'key')")
+            if key in key_lines:
+                raise ValueError(
+                    f"{path!r} line {line}: class name {key!r} (id {class_id}) is already used on line "
+                    f"{key_lines[key]}; class names must be unique"
+                )
+            key_lines[key] = line
             instances = _parse_literal(row["instances"], f"{path!r} line {line} instances")
             if not isinstance(instances, (list, tuple)) or not all(isinstance(x, str) for x in instances):
                 raise ValueError(f"{path!r} line {line}: instances must be a list of strings, got {instances!r}")
-            classes.append(
-                ActionClass(
-                    id=class_id, key=row["key"], instances=tuple(instances), category=row.get("category") or ""
+            if any(not x.strip() for x in instances):
+                raise ValueError(
+                    f"{path!r} line {line}: class {key!r} (id {class_id}) has an empty instance in {instances!r}"
                 )
+            classes.append(
+                ActionClass(id=class_id, key=key, instances=tuple(instances), category=row.get("category") or "")
             )
     classes.sort(key=lambda c: c.id)
     ids = [c.id for c in classes]
@@ -280,36 +299,66 @@ class LabelConsistencyReport:
         return len(self.verb_mismatches) + len(self.noun_mismatches)
 
 
-def _row_name(df, position: int) -> str:
-    nid = df["narration_id"].iloc[position] if "narration_id" in df.columns else "?"
-    return f"row {position} (narration_id={nid!r})"
+_SOURCE_PREFIX = "EPIC-KITCHENS-format annotations from "
 
 
-def _to_int_column(df, column: str, path: str):
+class _RowNamer:
+    """Names a row in error messages: ``"<file>: line 12 (narration_id='P01_11_3')"``.
+
+    CSV rows are named by their line in the file (found only when an error is raised: a quoted cell may
+    span lines and blank lines are skipped), other tables by their 0-based row position.
+    """
+
+    def __init__(self, df, source: str, csv_path: str | None = None):
+        self.df, self.source, self.csv_path = df, source, csv_path
+        self._lines: list[int] | None = None
+
+    def _line(self, position: int) -> int | None:
+        if self.csv_path is None:
+            return None
+        if self._lines is None:
+            import csv
+
+            self._lines = []
+            try:
+                with open(self.csv_path, newline="", encoding="utf-8") as handle:
+                    reader = csv.reader(handle)
+                    next(reader, None)
+                    for row in reader:
+                        if row:  # pandas skips blank lines
+                            self._lines.append(reader.line_num - sum(cell.count("\n") for cell in row))
+            except (OSError, UnicodeDecodeError, csv.Error):
+                self._lines = []
+        return self._lines[position] if position < len(self._lines) else None
+
+    def __call__(self, position: int) -> str:
+        nid = self.df["narration_id"].iloc[position] if "narration_id" in self.df.columns else "?"
+        line = self._line(position)
+        where = f"line {line}" if line is not None else f"row {position}"
+        return f"{self.source}: {where} (narration_id={nid!r})"
+
+
+def _to_int_column(df, column: str, where: _RowNamer):
     import pandas as pd
 
     values = pd.to_numeric(df[column], errors="coerce")
     bad = values.isna() | (values != values.round())
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(
-            f"{path}: column {column!r} must hold integers; {_row_name(df, pos)} has {df[column].iloc[pos]!r}"
-        )
+        raise ValueError(f"{where(pos)}: column {column!r} must hold an integer, got {df[column].iloc[pos]!r}")
     return values.astype("int64")
 
 
-def _to_list_column(df, column: str, path: str, item_type: type) -> list[list[Any]]:
+def _to_list_column(df, column: str, where: _RowNamer, item_type: type) -> list[list[Any]]:
     out = []
     for pos, value in enumerate(df[column].tolist()):
-        parsed = _parse_literal(value, f"{path} {_row_name(df, pos)} column {column!r}")
+        parsed = _parse_literal(value, f"{where(pos)} column {column!r}")
         if isinstance(parsed, np.ndarray):
             parsed = parsed.tolist()
         if not isinstance(parsed, (list, tuple)) or not all(
             isinstance(x, item_type) and not isinstance(x, bool) for x in parsed
         ):
-            raise ValueError(
-                f"{path}: {_row_name(df, pos)} column {column!r} must be a list of {item_type.__name__}, got {value!r}"
-            )
+            raise ValueError(f"{where(pos)}: column {column!r} must be a list of {item_type.__name__}, got {value!r}")
         out.append([item_type(x) for x in parsed])
     return out
 
@@ -335,10 +384,112 @@ def _read_table(path: str, allow_pickle: bool):
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+def _label_space(classes: Any, argname: str) -> list[ActionClass] | None:
+    """``classes`` as a list of :class:`ActionClass` (names ``"0"``, ``"1"``, ... for a bare count)."""
+    if classes is None:
+        return None
+    if isinstance(classes, bool):
+        raise TypeError(f"`{argname}` must be a class list, a path, class names or a class count, got {classes!r}")
+    if isinstance(classes, int):
+        if classes < 1:
+            raise ValueError(f"`{argname}` must be a positive class count, got {classes}")
+        return [ActionClass(id=i, key=str(i), instances=()) for i in range(classes)]
+    if isinstance(classes, (str, os.PathLike)):
+        return load_class_list(classes)
+    if isinstance(classes, Mapping):
+        ids = sorted(int(k) for k in classes)
+        if ids != list(range(len(ids))):
+            raise ValueError(f"`{argname}` must map every class id 0..{len(ids) - 1} to a name, got ids {ids[:10]}")
+        return [ActionClass(id=i, key=str(classes[i] if i in classes else classes[str(i)]), instances=()) for i in ids]
+    items = list(classes)
+    if all(isinstance(c, ActionClass) for c in items):
+        return items
+    if all(isinstance(c, str) for c in items):
+        return [ActionClass(id=i, key=name, instances=()) for i, name in enumerate(items)]
+    raise TypeError(
+        f"`{argname}` must be a list of ActionClass (load_class_list), class names, an id2label mapping, a class "
+        f"count or a path, got {type(classes).__name__}"
+    )
+
+
+def _annotations_source(annotations) -> str:
+    """The file ``annotations`` were loaded from (by :func:`load_annotations`), for error messages."""
+    description = getattr(getattr(annotations, "info", None), "description", None) or ""
+    if description.startswith(_SOURCE_PREFIX):
+        return description[len(_SOURCE_PREFIX) :]
+    return "annotations"
+
+
+def _validate_rows(out, where: _RowNamer, verb_list: list[ActionClass] | None, noun_list: list[ActionClass] | None):
+    """The row-level checks shared by :func:`load_annotations` and :func:`check_annotations`."""
+    for column in ("narration_id", "video_id"):
+        if column in out.columns:
+            empty = np.flatnonzero(out[column].astype(str).str.strip().eq("").to_numpy())
+            if empty.size:
+                raise ValueError(f"{where(int(empty[0]))}: empty {column!r}")
+    duplicated = out["narration_id"].duplicated(keep=False).to_numpy()
+    if duplicated.any():
+        first = int(np.flatnonzero(duplicated)[0])
+        nid = out["narration_id"].iloc[first]
+        others = np.flatnonzero((out["narration_id"] == nid).to_numpy())
+        second = int(others[1])
+        raise ValueError(
+            f"{where(second)}: duplicate narration_id {nid!r}, already used by {where(first).split(': ', 1)[1]}; "
+            "every segment needs its own narration_id"
+        )
+
+    start, stop = out["start_frame"].to_numpy(), out["stop_frame"].to_numpy()
+    bad = np.flatnonzero((start < 1) | (stop < start))
+    if bad.size:
+        pos = int(bad[0])
+        raise ValueError(
+            f"{where(pos)}: start_frame={start[pos]}, stop_frame={stop[pos]}; "
+            "expected 1 <= start_frame <= stop_frame (1-based, inclusive)"
+        )
+
+    labels_present = all(c in out.columns for c in LABEL_COLUMNS)
+    if labels_present:
+        for column, classes in (("verb_class", verb_list), ("noun_class", noun_list)):
+            ids = out[column].to_numpy()
+            limit = len(classes) if classes is not None else None
+            bad = np.flatnonzero((ids < 0) | (ids >= limit if limit is not None else False))
+            if bad.size:
+                pos = int(bad[0])
+                allowed = f"0..{limit - 1}" if limit is not None else ">= 0"
+                raise ValueError(
+                    f"{where(pos)}: {column}={ids[pos]} is outside the {column.split('_')[0]} class list "
+                    f"(allowed {allowed})"
+                )
+    if "all_noun_classes" in out.columns:
+        limit = len(noun_list) if noun_list is not None else None
+        for pos, ids in enumerate(out["all_noun_classes"]):
+            if any(i < 0 or (limit is not None and i >= limit) for i in ids):
+                allowed = f"0..{limit - 1}" if limit is not None else ">= 0"
+                raise ValueError(f"{where(pos)}: all_noun_classes={list(ids)} has ids outside {allowed}")
+
+    with_instances = [c for c in (verb_list, noun_list) if c is not None and any(x.instances for x in c)]
+    if labels_present and with_instances:
+        report = check_label_consistency(
+            out,
+            verb_list if verb_list is not None and any(x.instances for x in verb_list) else None,
+            noun_list if noun_list is not None and any(x.instances for x in noun_list) else None,
+        )
+        if report.num_mismatches:
+            examples = (report.verb_mismatches + report.noun_mismatches)[:5]
+            logger.warning(
+                "%s: %d verb and %d noun words are neither the key nor an instance of their class "
+                "(kept as annotated); examples (narration_id, word, class): %s",
+                where.source,
+                len(report.verb_mismatches),
+                len(report.noun_mismatches),
+                examples,
+            )
+
+
 def load_annotations(
     path: str | os.PathLike,
-    verb_classes: Sequence[ActionClass] | str | os.PathLike | None = None,
-    noun_classes: Sequence[ActionClass] | str | os.PathLike | None = None,
+    verb_classes: Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike | None = None,
+    noun_classes: Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike | None = None,
     *,
     allow_pickle: bool = False,
 ):
@@ -349,22 +500,31 @@ def load_annotations(
     ``all_noun_classes`` a list of ints (parsed with :func:`ast.literal_eval`). Test-set files
     without labels load too: they simply have no ``verb``/``noun``/... columns.
 
-    Validation: required columns (:data:`REQUIRED_COLUMNS`) must exist (label columns all or none);
-    ``1 <= start_frame <= stop_frame``; with class lists, every class id must exist in its list
-    (``ValueError`` naming the row). Rows whose verb/noun word is neither the key nor an instance of
-    its class are counted and logged as a warning, not rejected (EK100 has a few); call
-    :func:`check_label_consistency` for the list.
+    Validation, all at load time, before any training step; each error is a ``ValueError`` naming the
+    file, the line (the row position for pickles) and the ``narration_id``: required columns
+    (:data:`REQUIRED_COLUMNS`) must exist (label columns all or none); frame and class columns hold
+    integers; ``narration_id`` and ``video_id`` are non-empty and every ``narration_id`` is unique;
+    ``1 <= start_frame <= stop_frame``; class ids are ``>= 0`` and, with class lists, inside them
+    (``verb_class``, ``noun_class`` and ``all_noun_classes``). Rows whose verb/noun word is neither
+    the key nor an instance of its class are counted and logged as a warning, not rejected (EK100
+    has a few); call :func:`check_label_consistency` for the list.
 
     Args:
-        verb_classes / noun_classes: class lists (from :func:`load_class_list`) or paths to them.
+        verb_classes / noun_classes: the label space the class ids must fall in: class lists (from
+            :func:`load_class_list`) or paths to them, class names by id (e.g. a model config's
+            ``verb_id2label``), or a class count (``config.num_verb_classes``).
         allow_pickle: needed to read ``.pkl`` files, since unpickling can run arbitrary code.
+
+    Returns:
+        A ``datasets.Dataset``; its ``info.description`` names the file (error messages of
+        :func:`check_annotations` and :class:`EK100SegmentDataset` use it).
     """
     import datasets
     import pandas as pd
 
     path = os.fspath(path)
-    verb_list = _as_class_list(verb_classes)
-    noun_list = _as_class_list(noun_classes)
+    verb_list = _label_space(verb_classes, "verb_classes")
+    noun_list = _label_space(noun_classes, "noun_classes")
     df = _read_table(path, allow_pickle)  # a RangeIndex
 
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -377,65 +537,77 @@ def load_annotations(
             f"{[c for c in LABEL_COLUMNS if c not in df.columns]} while {labels_present} are present"
         )
 
+    is_csv = not path.lower().endswith((".pkl", ".pickle", ".pkl.gz", ".pickle.gz"))
+    where = _RowNamer(df, path, csv_path=path if is_csv else None)
     out = pd.DataFrame(index=range(len(df)))
     for column in [c for c in ANNOTATION_COLUMNS if c in df.columns] + [
         c for c in df.columns if c not in ANNOTATION_COLUMNS
     ]:
         series = df[column]
         if column in _INT_COLUMNS:
-            out[column] = _to_int_column(df, column, path).to_numpy()
+            out[column] = _to_int_column(df, column, where).to_numpy()
         elif column == "all_nouns":
-            out[column] = _to_list_column(df, column, path, str)
+            out[column] = _to_list_column(df, column, where, str)
         elif column == "all_noun_classes":
-            out[column] = _to_list_column(df, column, path, int)
+            out[column] = _to_list_column(df, column, where, int)
         elif column in _STR_COLUMNS:
             out[column] = series.astype(str).to_numpy(dtype=object)
         else:
             out[column] = series.to_numpy()
 
-    start, stop = out["start_frame"].to_numpy(), out["stop_frame"].to_numpy()
-    bad = np.flatnonzero((start < 1) | (stop < start))
-    if bad.size:
-        pos = int(bad[0])
-        raise ValueError(
-            f"{path}: {_row_name(out, pos)} has start_frame={start[pos]}, stop_frame={stop[pos]}; "
-            "expected 1 <= start_frame <= stop_frame (1-based, inclusive)"
-        )
-
-    if labels_present:
-        for column, classes in (("verb_class", verb_list), ("noun_class", noun_list)):
-            ids = out[column].to_numpy()
-            limit = len(classes) if classes is not None else None
-            bad = np.flatnonzero((ids < 0) | (ids >= limit if limit is not None else False))
-            if bad.size:
-                pos = int(bad[0])
-                allowed = f"0..{limit - 1}" if limit is not None else ">= 0"
-                raise ValueError(
-                    f"{path}: {_row_name(out, pos)} has {column}={ids[pos]}, outside the class list "
-                    f"(allowed {allowed})"
-                )
-    if "all_noun_classes" in out.columns and noun_list is not None:
-        for pos, ids in enumerate(out["all_noun_classes"]):
-            if any(i < 0 or i >= len(noun_list) for i in ids):
-                raise ValueError(
-                    f"{path}: {_row_name(out, pos)} has all_noun_classes={ids} outside 0..{len(noun_list) - 1}"
-                )
-
-    if labels_present and (verb_list is not None or noun_list is not None):
-        report = check_label_consistency(out, verb_list, noun_list)
-        if report.num_mismatches:
-            examples = (report.verb_mismatches + report.noun_mismatches)[:5]
-            logger.warning(
-                "%s: %d verb and %d noun words are neither the key nor an instance of their class "
-                "(kept as annotated); examples (narration_id, word, class): %s",
-                path,
-                len(report.verb_mismatches),
-                len(report.noun_mismatches),
-                examples,
-            )
+    where.df = out
+    _validate_rows(out, where, verb_list, noun_list)
 
     features = _features_for(out)
-    return datasets.Dataset.from_pandas(out, features=features, preserve_index=False)
+    info = datasets.DatasetInfo(description=_SOURCE_PREFIX + path, features=features)
+    return datasets.Dataset.from_pandas(out, features=features, info=info, preserve_index=False)
+
+
+def check_annotations(
+    annotations,
+    verb_classes: Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike | None = None,
+    noun_classes: Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike | None = None,
+) -> None:
+    """Check loaded annotations (a ``datasets.Dataset`` or pandas ``DataFrame``) as :func:`load_annotations` does.
+
+    For annotations loaded without class lists, or filtered since: unique non-empty ``narration_id``,
+    ``1 <= start_frame <= stop_frame``, and class ids inside ``verb_classes`` / ``noun_classes`` (class
+    lists, paths, names by id or class counts, as in :func:`load_annotations`). Raises ``ValueError``
+    naming the file the annotations came from, the row (0-based position in ``annotations``) and its
+    ``narration_id``.
+    """
+    import pandas as pd
+
+    verb_list = _label_space(verb_classes, "verb_classes")
+    noun_list = _label_space(noun_classes, "noun_classes")
+    if isinstance(annotations, pd.DataFrame):
+        df = annotations.reset_index(drop=True)
+    elif hasattr(annotations, "select_columns") and hasattr(annotations, "to_pandas"):
+        wanted = ("narration_id", "video_id", "start_frame", "stop_frame", *LABEL_COLUMNS, "all_noun_classes")
+        df = annotations.select_columns([c for c in wanted if c in annotations.column_names]).to_pandas()
+    else:
+        raise TypeError(f"`annotations` must be a datasets.Dataset or a pandas DataFrame, got {type(annotations)}")
+    missing = [c for c in ("narration_id", "start_frame", "stop_frame") if c not in df.columns]
+    if missing:
+        raise ValueError(f"`annotations` lacks the column(s) {missing}")
+    _validate_rows(df, _RowNamer(df, _annotations_source(annotations)), verb_list, noun_list)
+
+
+def check_dataset_labels(dataset: Any, config: Any) -> None:
+    """Check that the class ids of ``dataset``'s annotations fit a model's heads, before training on it.
+
+    ``dataset`` is an :class:`EK100SegmentDataset` (anything with labeled ``annotations``; other datasets
+    are left alone) and ``config`` a :class:`~mambavl.MambaVLConfig` (``num_verb_classes``,
+    ``num_noun_classes``). Raises ``ValueError`` naming the annotations file, the row and the
+    ``narration_id`` of the first id outside them (see :func:`check_annotations`).
+    """
+    annotations = getattr(dataset, "annotations", None)
+    columns = getattr(annotations, "column_names", None)
+    if columns is None or not all(c in columns for c in ("narration_id", "start_frame", "stop_frame", *LABEL_COLUMNS)):
+        return
+    num_verbs, num_nouns = getattr(config, "num_verb_classes", None), getattr(config, "num_noun_classes", None)
+    if isinstance(num_verbs, int) and isinstance(num_nouns, int):
+        check_annotations(annotations, num_verbs, num_nouns)
 
 
 def _features_for(df):
@@ -930,6 +1102,12 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
     (``1 <= start <= stop <= source.num_frames``), so clamp there. Since the up-front check runs in
     ``__init__``, a subclass sets the attributes its ``segment_bounds`` needs before calling
     ``super().__init__``.
+
+    Labels: pass the label space as ``verb_classes`` / ``noun_classes`` (class lists or their paths,
+    class names by id, or class counts such as ``config.num_verb_classes``) to have every class id
+    checked at construction, with the annotations file, line and ``narration_id`` named on error
+    (:func:`load_annotations`, :func:`check_annotations`); without them the other checks still run
+    (unique ``narration_id``, frame bounds, ids ``>= 0``).
     """
 
     def __init__(
@@ -942,9 +1120,24 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         on_error: str = "raise",
         check_videos: bool | str = False,
         seed: int = 0,
+        verb_classes: Sequence[ActionClass]
+        | Sequence[str]
+        | Mapping[int, str]
+        | int
+        | str
+        | os.PathLike
+        | None = None,
+        noun_classes: Sequence[ActionClass]
+        | Sequence[str]
+        | Mapping[int, str]
+        | int
+        | str
+        | os.PathLike
+        | None = None,
     ):
-        if isinstance(annotations, (str, os.PathLike)):
-            annotations = load_annotations(annotations)
+        from_file = isinstance(annotations, (str, os.PathLike))
+        if from_file:
+            annotations = load_annotations(annotations, verb_classes, noun_classes)
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"`num_frames` must be a positive int, got {num_frames!r}")
         if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
@@ -960,6 +1153,8 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         ]
         if missing:
             raise ValueError(f"`annotations` lacks required column(s) {missing}")
+        if not from_file:  # load_annotations checked a file already
+            check_annotations(annotations, verb_classes, noun_classes)
         kind = getattr(source, "kind", "frames")
         if kind not in ("frames", "features"):
             raise ValueError(f"`source.kind` must be 'frames' or 'features', got {kind!r}")
