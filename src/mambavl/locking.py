@@ -8,7 +8,8 @@ Windows) on ``<output_dir>/.mambavl.lock`` and records the holder (pid, host, st
 ``kill -9``), so a killed run never leaves a stale lock behind: ``--resume`` just takes it.
 
 Only the main process of a multi-process run (``RANK`` 0) takes the lock; the others write what the main process
-tells them to.
+tells them to. (On a filesystem without ``flock``, such as some network mounts, ``filelock`` may fall back to a lock
+file whose mere existence is the lock; a killed run then leaves it behind, and the error names the file to delete.)
 """
 
 from __future__ import annotations
