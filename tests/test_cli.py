@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from mambavl import Conv3dVideoConfig, Conv3dVideoModel
-from mambavl.cli import main
+from mambavl.cli import COMMANDS, main
+from mambavl.data import write_video
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -25,14 +29,101 @@ def quick_demo(tmp_path_factory):
     return out, proc.stdout
 
 
-def test_help_lists_the_commands_and_each_command_has_help():
-    proc = cli("--help")
-    assert proc.returncode == 0
+# `mambavl --help` and each command's, as the console script runs them, then which heavy modules got imported
+HELP_SCRIPT = """
+import contextlib, io, json, sys
+import _mambavl_cli
+pages = {}
+for argv in ([], *[[name] for name in sys.argv[1:]]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            _mambavl_cli.main([*argv, "--help"])
+        except SystemExit as exit:
+            assert exit.code == 0, argv
+    pages[" ".join(argv)] = out.getvalue()
+heavy = sorted(m for m in ("torch", "transformers", "accelerate", "datasets", "mambavl", "numpy") if m in sys.modules)
+print(json.dumps({"pages": pages, "heavy": heavy}))
+"""
+COMMAND_NAMES = [command.name for command in COMMANDS]
+
+
+def help_pages() -> dict[str, str]:
+    env = {**os.environ, "COLUMNS": "400"}  # one line per option
+    proc = subprocess.run(
+        [sys.executable, "-c", HELP_SCRIPT, *COMMAND_NAMES], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["heavy"] == [], f"--help imported {result['heavy']}"
+    return result["pages"]
+
+
+def test_help_lists_the_commands_without_importing_torch():
+    pages = help_pages()
     for command in ("demo", "train", "evaluate", "predict"):
-        assert command in proc.stdout
-        sub = cli(command, "--help")
-        assert sub.returncode == 0 and "usage: mambavl " + command in sub.stdout
+        assert command in pages[""] and f"usage: mambavl {command}" in pages[command]
     assert main([]) == 2
+    proc = cli("--help")  # `python -m mambavl.cli` (torchrun, accelerate launch) answers too
+    assert proc.returncode == 0 and "usage: mambavl" in proc.stdout
+
+
+def test_every_option_has_help_that_shows_its_default():
+    pages = help_pages()
+    for command in COMMAND_NAMES:
+        options = option_entries(pages[command])
+        assert len(options) > 3
+        for name, text in options.items():
+            if name == "-h":
+                continue
+            assert text, f"mambavl {command} {name} has no help text"
+            assert "(default: " in text or "(required)" in text, f"mambavl {command} {name}: {text}"
+    train = option_entries(pages["train"])
+    for option in ("--epochs", "--learning-rate", "--weight-decay", "--warmup-ratio", "--mixed-precision",
+                   "--num-workers", "--seed", "--verbose", "--fusion-type"):  # fmt: skip
+        assert re.search(r"\(default: [^)]+\)$", train[option]), option
+    assert train["--output-dir"].endswith("(required)")
+
+
+def option_entries(page: str) -> dict[str, str]:
+    """``{option: help text}`` of a help page (an option's help may start on the next line)."""
+    entries: dict[str, list[str]] = {}
+    current = None
+    for line in page.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            _, _, text = line.strip().partition("  ")
+            entries[current] = [text.strip()]
+        elif current is not None and line.startswith("    "):
+            entries[current].append(line.strip())
+        else:
+            current = None
+    return {name: " ".join(part for part in parts if part) for name, parts in entries.items()}
+
+
+def test_user_errors_print_one_message_without_a_traceback(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    video = tmp_path / "video.mp4"
+    write_video(video, np.zeros((8, 32, 32, 3), np.uint8), 10, faststart=True)
+    data = video.read_bytes()
+    video.write_bytes(data[: data.index(b"mdat") + 4])  # a header, no decodable frame
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("narration_id,video_id\nx,y\n")
+    cases = [
+        (["predict", str(tmp_path / "missing.mp4"), "--model", str(missing)], str(missing)),
+        (["train", "--train-annotations", str(bad_csv), "--verb-classes", str(bad_csv), "--noun-classes",
+          str(bad_csv), "--video-root", str(tmp_path), "--text-backbone", "x", "--output-dir", str(tmp_path / "r")],
+         "bad.csv"),
+    ]  # fmt: skip
+    for argv, named in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"mambavl {argv[0]}: error: ") and named in err and "Traceback" not in err, err
+        assert main([*argv, "--verbose"]) == 1
+        assert "Traceback" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:  # argparse names the option
+        main(["predict", str(video), "--model", str(missing), "--top-k", "0"])
+    assert exit.value.code == 2 and "--top-k: expected a positive integer, got '0'" in capsys.readouterr().err
 
 
 def test_quick_demo_trains_saves_reloads_and_predicts(quick_demo):
@@ -57,7 +148,15 @@ def test_predict_and_evaluate_a_saved_model(quick_demo, tmp_path):
     assert len(actions) == 3 and actions[0]["score"] >= actions[1]["score"] >= actions[2]["score"]
     assert actions[0]["verb"] in {"take", "put", "open", "close", "wash", "cut", "shake", "turn"}
     bad = cli("predict", str(video), "--model", model, "--start", "50", "--end", "60")
-    assert bad.returncode != 0 and "select no frame" in bad.stderr
+    assert bad.returncode == 1 and "select no frame" in bad.stderr and "Traceback" not in bad.stderr
+    empty = tmp_path / "empty.mp4"  # a header and no frame data: the file is to blame, not --start/--end
+    data = video.read_bytes()
+    write_video(empty, np.zeros((8, 32, 32, 3), np.uint8), 10, faststart=True)
+    data = empty.read_bytes()
+    empty.write_bytes(data[: data.index(b"mdat") + 4])
+    bad = cli("predict", str(empty), "--model", model)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
+    assert "No frame of" in bad.stderr and "empty.mp4" in bad.stderr and "--start" not in bad.stderr
 
     report = tmp_path / "metrics.json"
     proc = cli(

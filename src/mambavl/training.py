@@ -31,6 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from .data.epic_kitchens import drop_skipped
+from .locking import locks_output_dir
 from .metrics import MetricAccumulator
 
 __all__ = [
@@ -289,7 +291,7 @@ def evaluate(
     # that evens out the last batches across processes is dropped again by gather_for_metrics.
     per_process = max(1, batch_size // accelerator.num_processes)
     loader = DataLoader(
-        dataset, batch_size=per_process, shuffle=False, collate_fn=collate_fn, num_workers=num_workers,
+        dataset, batch_size=per_process, shuffle=False, collate_fn=drop_skipped(collate_fn), num_workers=num_workers,
         generator=torch.Generator(),  # iterating must not draw from (and so shift) the global RNG
     )  # fmt: skip
     loader = prepare_data_loader(
@@ -301,6 +303,8 @@ def evaluate(
     accumulator = MetricAccumulator(task=task)
     bar = tqdm(loader, desc="evaluate", disable=not (progress_bar and accelerator.is_local_main_process))
     for batch in bar:
+        if _every_segment_skipped(batch, accelerator):
+            continue
         out = model(**_model_inputs(batch, with_labels=False))
         verb_logits, noun_logits = out.verb_logits.float(), out.noun_logits.float()
         views = int(batch.get("num_views", 1))
@@ -339,6 +343,7 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
 
 
+@locks_output_dir  # one run at a time writes into config.output_dir
 def train(
     model: torch.nn.Module,
     train_dataset: Dataset,
@@ -395,7 +400,7 @@ def train(
 
     sampler = EpochSampler(len(train_dataset), seed=cfg.seed)
     train_loader = DataLoader(
-        train_dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn,
+        train_dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=drop_skipped(collate_fn),
         num_workers=cfg.num_workers, drop_last=True,
         # Its own generator: starting an epoch (or a resumed one) must not consume the global RNG, which drives
         # dropout and is restored exactly on resumption.
@@ -448,6 +453,8 @@ def train(
                 train_loader, state["step_in_epoch"] * cfg.gradient_accumulation_steps
             )
         for batch in loader:
+            if _every_segment_skipped(batch, accelerator):
+                continue
             with accelerator.accumulate(model):
                 out = model(**_model_inputs(batch))
                 accelerator.backward(out.loss)
@@ -500,6 +507,7 @@ def train(
         if cfg.save_each_epoch:
             checkpoint()
     bar.close()
+    _log_skipped(accelerator, train=train_dataset, evaluation=eval_dataset)
 
     model_dir = output_dir / "model"
     accelerator.wait_for_everyone()
@@ -511,6 +519,28 @@ def train(
     )  # fmt: skip
     _finish(accelerator)
     return result
+
+
+def _every_segment_skipped(batch: Any, accelerator: Any) -> bool:
+    """Whether a batch is ``None``: every segment of it was unreadable and skipped (see ``drop_skipped``)."""
+    if batch is not None:
+        return False
+    if accelerator.num_processes > 1:  # the processes' collective operations would no longer match
+        raise RuntimeError(
+            "Every segment of a batch was unreadable and skipped (see the warnings above); with several processes a "
+            "whole batch cannot be passed over. Remove the unreadable files, or use a larger batch."
+        )
+    return True
+
+
+def _log_skipped(accelerator: Any, **datasets: Any) -> None:
+    """Log how many segments of each dataset were skipped as unreadable (summed over processes)."""
+    for name, dataset in datasets.items():
+        if callable(getattr(dataset, "skipped_mask", None)):
+            mask = accelerator.reduce(dataset.skipped_mask().to(accelerator.device, torch.int32), reduction="sum")
+            count = int((mask > 0).sum())
+            if count and accelerator.is_main_process:
+                logger.warning("%d segments of the %s set were skipped as unreadable.", count, name)
 
 
 def _has_accelerator() -> bool:

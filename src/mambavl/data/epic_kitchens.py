@@ -60,6 +60,7 @@ __all__ = [
     "check_dataset_labels",
     "check_label_consistency",
     "class_names",
+    "drop_skipped",
     "instances_by_key",
     "label_config",
     "load_annotations",
@@ -1093,9 +1094,13 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
     With ``on_error="skip"`` every segment is checked at construction (:meth:`validate`: the video
     opens and the segment's frames lie inside it; ``check_videos="decode"`` also decodes them), the
     unreadable ones are left out with a logged count and listed in :attr:`skipped`. A segment that
-    passed the check and still fails later raises as well: the dataset never substitutes another
-    sample or returns blank frames. ``check_videos=True`` runs the check with ``on_error="raise"``
-    too, failing fast on the first bad segment.
+    passed the check and still fails when it is read (a file that opens but whose frames do not
+    decode, e.g. a truncated MP4 with an intact header) is skipped then: ``dataset[i]`` logs a
+    warning naming the file and the segment and returns ``None``, which :func:`drop_skipped` (used by
+    :func:`mambavl.training.train` and :func:`~mambavl.training.evaluate`) removes from the batch. The
+    dataset never substitutes another sample or returns blank frames. :attr:`num_skipped` counts
+    every segment skipped either way, by any DataLoader worker. ``check_videos=True`` runs the check
+    with ``on_error="raise"`` too, failing fast on the first bad segment.
 
     Subclasses change which frames a row covers by overriding :meth:`segment_bounds` (e.g. the
     observed window before an action, for anticipation); the bounds must stay inside the video
@@ -1170,6 +1175,8 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         self.labeled = all(c in annotations.column_names for c in LABEL_COLUMNS)
         self.positions: list[int] = list(range(len(annotations)))
         self.skipped: list[SkippedSegment] = []
+        # Segments skipped when read (flags in shared memory, so that DataLoader workers' skips count too)
+        self._unreadable = torch.zeros(len(annotations), dtype=torch.bool).share_memory_()
         if on_error == "skip" or check_videos:
             problems = self.validate(decode=check_videos == "decode", raise_on_error=on_error == "raise")
             if problems:
@@ -1203,6 +1210,18 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         bad = {p.position for p in problems}
         self.positions = [p for p in self.positions if p not in bad]
         self.skipped = [*self.skipped, *problems]
+
+    def skipped_mask(self) -> torch.Tensor:
+        """``bool`` tensor ``(len(annotations),)``: the rows skipped as unreadable, at construction or when read
+        (by this process or its DataLoader workers)."""
+        mask = self._unreadable.clone()
+        mask[[p.position for p in self.skipped]] = True
+        return mask
+
+    @property
+    def num_skipped(self) -> int:
+        """Number of segments skipped as unreadable (see :meth:`skipped_mask`)."""
+        return int(self.skipped_mask().sum())
 
     def _rng(self, position: int) -> np.random.Generator | None:
         if self.sampling != "random":
@@ -1266,7 +1285,9 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        """The item of segment ``index`` (see the class docstring); ``None`` when it cannot be read and
+        ``on_error="skip"``."""
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -1274,8 +1295,41 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         position = self.positions[index]
         row = self.annotations[position]
         nid, vid = str(row["narration_id"]), str(row["video_id"])
+        if self.on_error == "skip" and bool(self._unreadable[position]):
+            return None  # failed before (logged then): not decoded again every epoch
         start, stop = self.segment_bounds(row)
         views = sample_frame_indices(start, stop, self.num_frames, self.sampling, self.num_views, self._rng(position))
+        try:
+            data = self._read(nid, vid, start, stop, views)
+        except VideoDecodingError as exc:
+            if self.on_error != "skip":
+                raise
+            self._unreadable[position] = True
+            logger.warning("Skipping unreadable segment narration_id=%r of %s: %s", nid, exc.path, exc)
+            return None
+        shape = (self.num_views, self.num_frames) if self.num_views > 1 else (self.num_frames,)
+        data = data.reshape(*shape, *data.shape[1:])
+        indices = torch.tensor(views if self.num_views > 1 else views[0], dtype=torch.int64)
+        item: dict[str, Any] = {}
+        if self.kind == "features":
+            item["video_features"] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        else:
+            item["frames"] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
+        item["frame_indices"] = indices
+        item["narration_id"] = nid
+        item["video_id"] = vid
+        item["narration"] = str(row.get("narration", "") or "")
+        if self.labeled:
+            item["verb"], item["noun"] = str(row["verb"]), str(row["noun"])
+            item["verb_class"], item["noun_class"] = int(row["verb_class"]), int(row["noun_class"])
+        else:
+            item["verb"], item["noun"] = "", ""
+            item["verb_class"], item["noun_class"] = IGNORE_INDEX, IGNORE_INDEX
+        return item
+
+    def _read(self, nid: str, vid: str, start: int, stop: int, views: list[list[int]]) -> np.ndarray:
+        """The frames (or features) of ``views`` (EK100 frame numbers), stacked ``(V * T, ...)``; any failure is a
+        :class:`VideoDecodingError` naming the file and the segment."""
         flat = [i - 1 for view in views for i in view]  # EK100 frame k -> 0-based index k-1
         try:
             problem = self._bounds_problem(vid, start, stop, self.source.num_frames(vid))
@@ -1303,28 +1357,35 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
                 path=self._where(vid),
                 narration_id=nid,
             )
-        shape = (self.num_views, self.num_frames) if self.num_views > 1 else (self.num_frames,)
-        data = data.reshape(*shape, *data.shape[1:])
-        indices = torch.tensor(views if self.num_views > 1 else views[0], dtype=torch.int64)
-        item: dict[str, Any] = {}
-        if self.kind == "features":
-            item["video_features"] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-        else:
-            item["frames"] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
-        item["frame_indices"] = indices
-        item["narration_id"] = nid
-        item["video_id"] = vid
-        item["narration"] = str(row.get("narration", "") or "")
-        if self.labeled:
-            item["verb"], item["noun"] = str(row["verb"]), str(row["noun"])
-            item["verb_class"], item["noun_class"] = int(row["verb_class"]), int(row["noun_class"])
-        else:
-            item["verb"], item["noun"] = "", ""
-            item["verb_class"], item["noun_class"] = IGNORE_INDEX, IGNORE_INDEX
-        return item
+        return data
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(segments={len(self)}, skipped={len(self.skipped)}, source={self.source!r}, "
             f"num_frames={self.num_frames}, sampling={self.sampling!r}, num_views={self.num_views})"
         )
+
+
+def drop_skipped(collate_fn: Any) -> Any:
+    """Wrap a collate function so that it ignores the ``None`` items of segments skipped as unreadable.
+
+    With ``on_error="skip"`` an :class:`EK100SegmentDataset` returns ``None`` for a segment whose frames fail to
+    decode; the wrapped ``collate_fn`` sees the other items of the batch only, and a batch whose every segment was
+    skipped becomes ``None`` (the training and evaluation loops of :mod:`mambavl.training` pass over it). Other
+    attributes (``set_epoch``, ...) are those of ``collate_fn``. The wrapper pickles, for DataLoader workers.
+    """
+    return collate_fn if isinstance(collate_fn, _DropSkipped) else _DropSkipped(collate_fn)
+
+
+class _DropSkipped:
+    def __init__(self, collate_fn: Any):
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: Sequence[Any]) -> Any:
+        kept = [item for item in items if item is not None]
+        return self.collate_fn(kept) if kept else None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "collate_fn":  # not set yet (while unpickling)
+            raise AttributeError(name)
+        return getattr(self.collate_fn, name)

@@ -149,6 +149,9 @@ def _stream_info(container, stream, path: str) -> VideoInfo:
 def read_video_info(path: str | os.PathLike) -> VideoInfo:
     """Read frame count, frame rate, size and duration of the first video stream of ``path``.
 
+    When the container stores neither a frame count nor a duration, the frames are counted (without decoding);
+    ``num_frames`` is 0 only for a stream without any frame.
+
     Raises:
         VideoDecodingError: the file is missing or cannot be opened (corrupt, truncated).
     """
@@ -157,7 +160,14 @@ def read_video_info(path: str | os.PathLike) -> VideoInfo:
     container = _open_input(av, path)
     with container:
         stream = _video_stream(container, path)
-        return _stream_info(container, stream, path)
+        info = _stream_info(container, stream, path)
+        if info.num_frames <= 0:  # no frame count nor duration stored (e.g. a raw H.264 stream): count the packets
+            try:
+                count = sum(1 for packet in container.demux(stream) if packet.size)
+            except _av_errors(av) as exc:
+                raise VideoDecodingError(f"Cannot read the frames of {path!r} (corrupt?): {exc}", path=path) from exc
+            info = VideoInfo(count, info.fps, info.width, info.height, info.duration or count / info.fps)
+        return info
 
 
 def _check_indices(indices: Sequence[int], name: str = "indices") -> list[int]:
@@ -242,6 +252,13 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int], *, seek_thres
                     if position >= target:
                         reached = True
                         break
+                if not reached and position < 0:
+                    raise VideoDecodingError(
+                        f"No frame of {path!r} could be decoded (the container claims {info.num_frames} frames; "
+                        "empty or damaged file?)",
+                        path=path,
+                        index=target,
+                    )
                 if not reached:
                     raise FrameIndexError(
                         f"Video {path!r} ended at frame {position} before frame index {target} "
@@ -362,6 +379,7 @@ def write_video(
     preset: str = "veryfast",
     gop_size: int | None = None,
     codec: str = "libx264",
+    faststart: bool = False,
 ) -> None:
     """Write ``frames`` ``(T, H, W, 3)`` uint8 RGB as a constant-frame-rate H.264 (yuv420p) video.
 
@@ -369,7 +387,8 @@ def write_video(
     x264's look-ahead analyses are off (no B-frames, no scene-cut detection), so the output is
     deterministic: the same frames give the same file and the same decoded frames. ``gop_size`` sets the maximum
     key-frame interval (``None``: the encoder default). The container follows the file suffix
-    (``.mp4``).
+    (``.mp4``). ``faststart=True`` puts an MP4's index (the ``moov`` atom) before the frames, as streaming
+    servers want (FFmpeg's ``-movflags faststart``); by default it comes after them.
     """
     av = _import_av()
     frames = np.asarray(frames)
@@ -395,7 +414,7 @@ def write_video(
         options["x264-params"] = "weightp=0:mbtree=0:bframes=0:rc-lookahead=0:scenecut=0"
     if gop_size is not None:
         options["g"] = str(int(gop_size))
-    with av.open(path, mode="w") as container:
+    with av.open(path, mode="w", options={"movflags": "faststart"} if faststart else None) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"

@@ -1,0 +1,47 @@
+"""The ``mambavl`` console command: runs :func:`mambavl.cli.main` without importing the ``mambavl`` package first.
+
+``import mambavl`` imports torch and transformers (the package's ``__init__`` registers the MambaVL classes with
+transformers' Auto classes), several seconds on a small machine. ``mambavl --help`` and every subcommand's
+``--help`` need none of it: this launcher loads ``mambavl/cli.py``, which imports only the standard library at its
+top, as the module ``mambavl.cli``; the package is imported when a command runs (``from . import ...`` in the
+command's function). ``python -m mambavl.cli`` (for ``torchrun`` / ``accelerate launch``) runs the same code after a
+normal import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _load_cli():
+    if "mambavl.cli" in sys.modules:
+        return sys.modules["mambavl.cli"]
+    package = importlib.util.find_spec("mambavl")  # finds the package without running its __init__
+    locations = list(package.submodule_search_locations or []) if package is not None else []
+    if "mambavl" in sys.modules or not locations or not (Path(locations[0]) / "cli.py").is_file():
+        import mambavl.cli
+
+        return mambavl.cli
+    spec = importlib.util.spec_from_file_location("mambavl.cli", Path(locations[0]) / "cli.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mambavl.cli"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["mambavl.cli"]
+        raise
+    return module
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mambavl`` console script (see :func:`mambavl.cli.main`)."""
+    return _load_cli().main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
