@@ -242,10 +242,21 @@ class _WithNarrationIds:
         return batch
 
 
-def _loss_stats(out: Any, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+def _training_loss(out: Any) -> torch.Tensor:
+    """The loss to back-propagate: ``out.loss``, or 0 for a batch without any label (the collator gives none when
+    every clip is unlabelled), connected to the outputs so that every process back-propagates (DDP needs it)."""
+    if out.loss is not None:
+        return out.loss
+    outputs = [v for v in out.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    if not outputs:
+        raise ValueError("The model returned no `loss` for a training batch: the batches need labels.")
+    return sum(v.float().sum() for v in outputs) * 0.0  # (NaN outputs still give NaN: _check_finite sees it)
+
+
+def _loss_stats(out: Any, loss: torch.Tensor, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
     """``(2 * len(LOSS_NAMES),)`` on the device: for each loss, its value and whether the batch counts for it (has
-    a label that is not ignored; a batch whose labels are all ``-100`` has a loss of 0 that must not be averaged
-    in). A loss the output lacks is (0, 0)."""
+    a label that is not ignored; a batch whose labels are all ``-100``, or that has none, has a loss of 0 that must
+    not be averaged in). A loss the output lacks is (0, 0); ``loss`` is :func:`_training_loss`."""
     labels = {name: batch.get(f"{name}_labels") for name in ("verb", "noun")}
     labelled = {
         name: (value != IGNORE_INDEX).any() if isinstance(value, torch.Tensor) else None
@@ -257,9 +268,11 @@ def _loss_stats(out: Any, batch: Mapping[str, Any], device: torch.device) -> tor
         "verb_loss": labelled["verb"] if labelled["verb"] is not None else torch.tensor(True, device=device),
         "noun_loss": labelled["noun"] if labelled["noun"] is not None else torch.tensor(True, device=device),
     }
+    if out.loss is None:
+        counts["loss"] = torch.tensor(False, device=device)
     stats = []
     for name in LOSS_NAMES:
-        value = getattr(out, name, None)
+        value = loss if name == "loss" else getattr(out, name, None)
         if value is None:
             stats += [torch.zeros((), device=device), torch.zeros((), device=device)]
         else:
@@ -514,8 +527,9 @@ def train(
         for batch in loader:
             with accelerator.accumulate(model):
                 out = model(**_model_inputs(batch))
-                accelerator.backward(out.loss)
-                pending.append(_loss_stats(out, batch, accelerator.device))
+                loss = _training_loss(out)
+                accelerator.backward(loss)
+                pending.append(_loss_stats(out, loss, batch, accelerator.device))
                 pending_ids.append(list(batch.get("narration_id", ())))
                 if accelerator.sync_gradients:
                     # One device-to-host copy (and, on several processes, one gather) per optimizer step; a
