@@ -60,7 +60,7 @@ def datasets(info):
     return train_set, val_set
 
 
-def run(info, output_dir, callbacks=(), head_dropout=0.1, **overrides):
+def run(info, output_dir, callbacks=(), head_dropout=0.1, model=None, **overrides):
     processor = make_processor(info)
     train_set, val_set = datasets(info)
     config = TrainingConfig(
@@ -69,7 +69,7 @@ def run(info, output_dir, callbacks=(), head_dropout=0.1, **overrides):
             "progress_bar": False, "save_total_limit": None, **overrides,
         }
     )  # fmt: skip
-    model = make_model(info, head_dropout=head_dropout)
+    model = model if model is not None else make_model(info, head_dropout=head_dropout)
     result = train(
         model, train_set, MambaVLCollator(processor, training=True), config, eval_dataset=val_set,
         eval_collate_fn=MambaVLCollator(processor), processor=processor, callbacks=callbacks,
@@ -194,10 +194,20 @@ model, result = run(info, {out!r}, head_dropout=0.0, save_steps=None, num_epochs
 """
 
 
-def _launch(command: list[str], script: Path, cwd: Path) -> None:
+ONE_PROCESS = [sys.executable]
+TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``argv`` (e.g. ``[*TWO_PROCESSES, "-m", "mambavl.cli", "train", ...]``) with this checkout's sources."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run([*command, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _launch(command: list[str], script: Path, cwd: Path) -> None:
+    run_command([*command, str(script)], cwd)
 
 
 @pytest.mark.slow
@@ -206,8 +216,8 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(syn
 
     weights = {}
     for name, command in {
-        "one": [sys.executable],
-        "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"],
+        "one": ONE_PROCESS,
+        "two": TWO_PROCESSES,
         # accelerate's own launcher: "--multi_gpu" makes it start one process per rank (through torch's elastic
         # launcher); on a CPU-only machine train() then joins them over gloo. ("--cpu --num_processes 2" would start
         # a single process.)

@@ -424,9 +424,12 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from accelerate.utils import set_seed
+
     from .data import MambaVLCollator
     from .training import TrainingConfig, train
 
+    set_seed(args.seed)  # first: the fusion, projections and heads are initialised from --seed
     model, processor = _build_model_and_processor(args)
     source = _video_source(args)
     classes = _train_label_space(args, model)

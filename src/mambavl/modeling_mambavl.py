@@ -64,8 +64,9 @@ class MambaVLActionRecognitionOutput(ModelOutput):
 
     Args:
         loss: scalar, ``verb_loss + noun_loss`` (the terms whose labels were given), when labels are given.
-        verb_loss: scalar cross-entropy of the verb head, when ``verb_labels`` are given.
-        noun_loss: scalar cross-entropy of the noun head, when ``noun_labels`` are given.
+        verb_loss: scalar cross-entropy of the verb head (mean over the labels that are not ``-100``; 0 when all
+            are), when ``verb_labels`` are given.
+        noun_loss: scalar cross-entropy of the noun head (likewise), when ``noun_labels`` are given.
         verb_logits: ``(B, num_verb_classes)``.
         noun_logits: ``(B, num_noun_classes)``.
         verb_features: ``(B, D)`` input of the verb head.
@@ -168,6 +169,18 @@ class MambaVLPreTrainedModel(PreTrainedModel):
             if _is_frozen(module):
                 module.eval()
         return self
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``, then re-freezes the frozen backbones: loading replaces every
+        parameter with a new trainable one, which would silently fine-tune a frozen encoder (and make DDP wait
+        for gradients that never come)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        for module in model.modules():
+            if _is_frozen(module):
+                _set_frozen(module, True)
+        return loaded
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -381,6 +394,13 @@ def _check_labels(name: str, labels: torch.Tensor, num_classes: int, batch_size:
         )
 
 
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits (B, C)`` over the rows whose ``labels (B,)`` are not ignored (``-100``); 0 (with
+    zero gradient) when all are, where ``F.cross_entropy``'s mean would be 0 / 0 = NaN."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
 class MambaVLForActionRecognition(MambaVLPreTrainedModel):
     """MambaVL with verb and noun classification heads (EPIC-KITCHENS-100 action recognition).
 
@@ -443,10 +463,10 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         batch = verb_logits.shape[0]
         if verb_labels is not None:
             _check_labels("verb_labels", verb_labels, self.config.num_verb_classes, batch)
-            verb_loss = F.cross_entropy(verb_logits.float(), verb_labels, ignore_index=IGNORE_INDEX)
+            verb_loss = _cross_entropy(verb_logits, verb_labels)
         if noun_labels is not None:
             _check_labels("noun_labels", noun_labels, self.config.num_noun_classes, batch)
-            noun_loss = F.cross_entropy(noun_logits.float(), noun_labels, ignore_index=IGNORE_INDEX)
+            noun_loss = _cross_entropy(noun_logits, noun_labels)
         terms = [t for t in (verb_loss, noun_loss) if t is not None]
         if terms:
             loss = sum(terms[1:], terms[0])

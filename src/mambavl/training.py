@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,11 @@ from tqdm.auto import tqdm
 
 from .data.epic_kitchens import drop_skipped
 from .locking import locks_output_dir
-from .metrics import MetricAccumulator
+from .metrics import IGNORE_INDEX, MetricAccumulator
 
 __all__ = [
     "EpochSampler",
+    "NonFiniteLossError",
     "TrainingConfig",
     "TrainingResult",
     "evaluate",
@@ -59,6 +60,7 @@ MODEL_INPUT_NAMES = (
     "verb_labels",
     "noun_labels",
 )
+LOSS_NAMES = ("loss", "verb_loss", "noun_loss")  # the losses logged (those a model's output has)
 
 
 @dataclass
@@ -165,6 +167,30 @@ class TrainingResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class NonFiniteLossError(RuntimeError):
+    """Raised by :func:`train` when a training batch's loss is NaN or infinite (e.g. NaN pixels in a clip).
+
+    Training stops before the optimizer step that would have written the non-finite gradients into the weights, on
+    every process; the last checkpoint stays resumable.
+
+    Args:
+        step: the optimizer step (1-based, as ``global_step`` in the metrics log) the batch belonged to.
+        epoch: its epoch (0-based).
+        narration_ids: the ``narration_id`` of every clip of the offending batch (of all processes).
+        losses: the non-finite values by name (``loss``, ``verb_loss``, ``noun_loss``).
+    """
+
+    def __init__(self, step: int, epoch: int, narration_ids: Sequence[str], losses: Mapping[str, float]):
+        self.step, self.epoch, self.narration_ids, self.losses = step, epoch, list(narration_ids), dict(losses)
+        values = ", ".join(f"{name}={value}" for name, value in self.losses.items())
+        ids = ", ".join(self.narration_ids) if self.narration_ids else "unknown (items without narration_id)"
+        super().__init__(
+            f"Non-finite training loss ({values}) at step {step} (epoch {epoch}), in the batch with narration_id "
+            f"{ids}. Training stopped before this step changed the weights. Check these clips (NaN or inf pixel "
+            "values or features) or lower the learning rate, then resume from the last checkpoint."
+        )
+
+
 class EpochSampler(Sampler[int]):
     """A random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
 
@@ -201,6 +227,59 @@ def _set_epoch(epoch: int, *objects: Any) -> None:
 def _model_inputs(batch: Mapping[str, Any], with_labels: bool = True) -> dict[str, torch.Tensor]:
     names = MODEL_INPUT_NAMES if with_labels else MODEL_INPUT_NAMES[:-2]
     return {k: v for k, v in batch.items() if k in names and v is not None}
+
+
+class _WithNarrationIds:
+    """A collate function whose batches (dicts) also carry their items' ``narration_id`` list, so that an error
+    can name the clips of a batch; ``_model_inputs`` leaves the key out of the model's inputs."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Mapping[str, Any]]):
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[Any]) -> Any:
+        batch = self.collate_fn(items)
+        has_ids = all(isinstance(item, Mapping) and "narration_id" in item for item in items)
+        if isinstance(batch, dict) and "narration_id" not in batch and has_ids:
+            batch["narration_id"] = [str(item["narration_id"]) for item in items]
+        return batch
+
+
+def _training_loss(out: Any) -> torch.Tensor:
+    """The loss to back-propagate: ``out.loss``, or 0 for a batch without any label (the collator gives none when
+    every clip is unlabelled), connected to the outputs so that every process back-propagates (DDP needs it)."""
+    if out.loss is not None:
+        return out.loss
+    outputs = [v for v in out.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    if not outputs:
+        raise ValueError("The model returned no `loss` for a training batch: the batches need labels.")
+    return sum(v.float().sum() for v in outputs) * 0.0  # (NaN outputs still give NaN: _check_finite sees it)
+
+
+def _loss_stats(out: Any, loss: torch.Tensor, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+    """``(2 * len(LOSS_NAMES),)`` on the device: for each loss, its value and whether the batch counts for it (has
+    a label that is not ignored; a batch whose labels are all ``-100``, or that has none, has a loss of 0 that must
+    not be averaged in). A loss the output lacks is (0, 0); ``loss`` is :func:`_training_loss`."""
+    labels = {name: batch.get(f"{name}_labels") for name in ("verb", "noun")}
+    labelled = {
+        name: (value != IGNORE_INDEX).any() if isinstance(value, torch.Tensor) else None
+        for name, value in labels.items()
+    }
+    present = [flag for flag in labelled.values() if flag is not None]
+    counts = {
+        "loss": torch.stack(present).any() if present else torch.tensor(True, device=device),
+        "verb_loss": labelled["verb"] if labelled["verb"] is not None else torch.tensor(True, device=device),
+        "noun_loss": labelled["noun"] if labelled["noun"] is not None else torch.tensor(True, device=device),
+    }
+    if out.loss is None:
+        counts["loss"] = torch.tensor(False, device=device)
+    stats = []
+    for name in LOSS_NAMES:
+        value = loss if name == "loss" else getattr(out, name, None)
+        if value is None:
+            stats += [torch.zeros((), device=device), torch.zeros((), device=device)]
+        else:
+            stats += [value.detach().float().reshape(()), counts[name].float().to(device)]
+    return torch.stack(stats)
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -400,7 +479,8 @@ def train(
 
     sampler = EpochSampler(len(train_dataset), seed=cfg.seed)
     train_loader = DataLoader(
-        train_dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=drop_skipped(collate_fn),
+        train_dataset, batch_size=cfg.batch_size, sampler=sampler,
+        collate_fn=drop_skipped(_WithNarrationIds(collate_fn)),
         num_workers=cfg.num_workers, drop_last=True,
         # Its own generator: starting an epoch (or a resumed one) must not consume the global RNG, which drives
         # dropout and is restored exactly on resumption.
@@ -412,17 +492,18 @@ def train(
         )
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    lr_factor = _lr_lambda(int(cfg.warmup_ratio * total_steps), total_steps, cfg.lr_scheduler)
     optimizer = torch.optim.AdamW(_parameter_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(int(cfg.warmup_ratio * total_steps), total_steps, cfg.lr_scheduler)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 
     state: dict[str, Any] = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "best_metric": None, "history": []}
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
         state = json.loads((resume_dir / TRAINER_STATE_NAME).read_text())
+        # The schedule is planned for this run's limit: the loaded optimizer holds the learning rate the old plan
+        # gave the next step (0 at the end of a cosine planned for fewer steps); take the new plan's instead.
+        _replan_learning_rate(optimizer, scheduler, lr_factor)
         logger.info("Resumed from %s at step %d (epoch %d).", resume_dir, state["global_step"], state["epoch"])
     log_path = output_dir / METRICS_LOG_NAME
     if accelerator.is_main_process:
@@ -439,10 +520,11 @@ def train(
         disable=not (cfg.progress_bar and accelerator.is_local_main_process),
     )  # fmt: skip
     eval_metrics: dict[str, float] = state["history"][-1]["metrics"] if state["history"] else {}
-    running: dict[str, float] = {}
-    pending: dict[str, list[torch.Tensor]] = {}  # this optimizer step's losses, still on the device
+    running: dict[str, list[float]] = {}  # name -> [sum, batches counted] since the last log line
+    pending: list[torch.Tensor] = []  # this optimizer step's loss statistics (_loss_stats), still on the device
+    pending_ids: list[list[str]] = []  # and the narration ids of its batches
     model.train()
-    while state["epoch"] < num_epochs and state["global_step"] < total_steps:
+    while state["global_step"] < total_steps:
         epoch = state["epoch"]
         # The prepared loader re-seeds its sampler with its own iteration count when iterated, so the epoch goes
         # through it (a resumed run's loader, and the loader that skips the batches already seen, start at 0).
@@ -457,27 +539,35 @@ def train(
                 continue
             with accelerator.accumulate(model):
                 out = model(**_model_inputs(batch))
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                loss = _training_loss(out)
+                accelerator.backward(loss)
+                pending.append(_loss_stats(out, loss, batch, accelerator.device))
+                pending_ids.append(list(batch.get("narration_id", ())))
+                if accelerator.sync_gradients:
+                    # One device-to-host copy (and, on several processes, one gather) per optimizer step; a
+                    # non-finite loss stops every process before the optimizer step spreads it into the weights.
+                    stats = _gather_stats(accelerator, pending)
+                    _check_finite(accelerator, stats, pending_ids, state["global_step"] + 1, epoch)
+                    if cfg.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                lr = optimizer.param_groups[0]["lr"]  # the learning rate of this step
                 optimizer.step()
                 optimizer.zero_grad()
-            for name in ("loss", "verb_loss", "noun_loss"):
-                if getattr(out, name, None) is not None:
-                    pending.setdefault(name, []).append(out[name].detach())
-            running["batches"] = running.get("batches", 0) + 1
             if not accelerator.sync_gradients:
                 continue
-            for name, values in pending.items():  # one device-to-host copy per optimizer step
-                for value in torch.stack(values).float().tolist():
-                    running[name] = running.get(name, 0.0) + value
-            pending = {}
+            for row in stats:
+                for i, name in enumerate(LOSS_NAMES):
+                    if row[2 * i + 1]:  # batches whose labels are all ignored have no loss to average in
+                        total = running.setdefault(name, [0.0, 0])
+                        total[0] += row[2 * i]
+                        total[1] += 1
+            pending, pending_ids = [], []
             scheduler.step()
             state["global_step"] += 1
             state["step_in_epoch"] += 1
             bar.update(1)
-            record = {"global_step": state["global_step"], "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-            record.update({k: v / running["batches"] for k, v in running.items() if k != "batches"})
+            record = {"global_step": state["global_step"], "epoch": epoch, "lr": lr}
+            record.update({name: total / count for name, (total, count) in running.items()})
             bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
             if state["global_step"] % cfg.logging_steps == 0 or state["global_step"] == total_steps:
                 if accelerator.is_main_process:
@@ -489,8 +579,12 @@ def train(
                 callback(record)
             if state["global_step"] >= total_steps:
                 break
-        state["epoch"] += 1  # the epoch ended, or the step budget ended it
-        state["step_in_epoch"] = 0
+        # The step limit may end the run mid-epoch: that epoch is not complete, and a resumed run (with a higher
+        # limit) goes on with its remaining batches.
+        epoch_complete = state["step_in_epoch"] >= steps_per_epoch
+        if epoch_complete:
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
         if eval_dataset is not None and cfg.eval_each_epoch:
             eval_metrics = evaluate(
                 model, eval_dataset, eval_collate_fn or collate_fn, batch_size=cfg.eval_batch_size or cfg.batch_size,
@@ -499,12 +593,13 @@ def train(
             score = eval_metrics.get(cfg.metric_for_best_model)
             if score is not None and (state["best_metric"] is None or score > state["best_metric"]):
                 state["best_metric"] = score
-            state["history"].append({"epoch": epoch, "global_step": state["global_step"], "metrics": eval_metrics})
+            state["history"].append({"epoch": epoch, "global_step": state["global_step"], "metrics": eval_metrics,
+                                     "epoch_complete": epoch_complete})  # fmt: skip
             if accelerator.is_main_process:
                 _append_jsonl(log_path, {"event": "eval", "epoch": epoch, "global_step": state["global_step"],
-                                         **eval_metrics})  # fmt: skip
+                                         "epoch_complete": epoch_complete, **eval_metrics})  # fmt: skip
                 logger.info("epoch %d: %s", epoch, _format_metrics(eval_metrics))
-        if cfg.save_each_epoch:
+        if (cfg.save_each_epoch and epoch_complete) or not epoch_complete:  # the limit's step is always resumable
             checkpoint()
     bar.close()
     _log_skipped(accelerator, train=train_dataset, evaluation=eval_dataset)
@@ -563,6 +658,43 @@ def _resolve_resume(cfg: TrainingConfig, output_dir: Path) -> Path | None:
     if not (path / TRAINER_STATE_NAME).is_file():
         raise ValueError(f"`resume_from_checkpoint`={resume!s} is not a checkpoint folder (no {TRAINER_STATE_NAME}).")
     return path
+
+
+def _gather_stats(accelerator: Any, pending: list[torch.Tensor]) -> list[list[float]]:
+    """The loss statistics of this optimizer step's batches on every process, as rows (process-major)."""
+    stats = torch.stack(pending)
+    if accelerator.num_processes > 1:
+        stats = accelerator.gather(stats)
+    return stats.float().tolist()
+
+
+def _check_finite(
+    accelerator: Any, stats: list[list[float]], pending_ids: list[list[str]], step: int, epoch: int
+) -> None:
+    """Raise :class:`NonFiniteLossError` on every process when a loss of this step is NaN or infinite."""
+    bad = [r for r, row in enumerate(stats) if not all(math.isfinite(v) for v in row[::2])]
+    if not bad:
+        return
+    from accelerate.utils import gather_object
+
+    # stats rows are process-major; a global batch is made of the same micro-batch on every process
+    all_ids = gather_object(pending_ids) if accelerator.num_processes > 1 else pending_ids
+    per_process = len(pending_ids)
+    micro = sorted({r % per_process for r in bad})
+    ids = [i for p in range(len(stats) // per_process) for m in micro for i in all_ids[p * per_process + m]]
+    row = stats[bad[0]]
+    losses = {name: row[2 * i] for i, name in enumerate(LOSS_NAMES) if not math.isfinite(row[2 * i])}
+    _finish(accelerator)
+    raise NonFiniteLossError(step, epoch, ids, losses)
+
+
+def _replan_learning_rate(optimizer: Any, scheduler: Any, factor: Callable[[int], float]) -> None:
+    """After loading a checkpoint, set the learning rate of the next step from this run's schedule."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps it
+    lrs = [base * factor(inner.last_epoch) for base in inner.base_lrs]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    inner._last_lr = lrs
 
 
 def _finish(accelerator: Any) -> None:
