@@ -3,8 +3,7 @@
 Setting: a ViT-B video encoder at width 768 (``transformers.VideoMAEConfig()`` defaults: 16 frames of 224x224,
 tubelet 2, patches of 16 -> 8 x 14 x 14 = 1,568 tokens), RoBERTa-base's embedding layer as the (frozen) text
 encoder with the paper's three-layer MLP, fusion width 768, 97 verb and 300 noun classes, a verb and a noun
-question of 16 tokens each, batch 1. Fusions: Mamba (SSM-Fusion, the paper), transformer 6x4 and 12x12 (depth x
-heads), MLP.
+question of 16 tokens each, batch 1.
 
 Everything is counted on the ``meta`` device (no weights are allocated, nothing is computed), with
 :func:`mambavl.utils.count_parameters` and :func:`mambavl.utils.count_flops` (PyTorch's FLOP counter plus the
@@ -20,19 +19,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import BertConfig, RobertaConfig, VideoMAEConfig
 
 from mambavl import MambaVLConfig, MambaVLForActionRecognition
 from mambavl.utils import count_flops, count_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 logger = logging.getLogger("efficiency")
 
@@ -41,15 +40,13 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: (label, config overrides) of the fusions compared.
 SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("Mamba (SSM-Fusion)", {"fusion_type": "mamba"}),
-    ("Transformer 6x4", {"fusion_type": "transformer", "fusion_transformer_depth": 6, "fusion_transformer_heads": 4}),
-    (
-        "Transformer 12x12",
-        {"fusion_type": "transformer", "fusion_transformer_depth": 12, "fusion_transformer_heads": 12},
-    ),
+    *((f"Transformer {d}x{h}", {"fusion_type": "transformer", "fusion_transformer_depth": d,
+                                  "fusion_transformer_heads": h}) for d, h in ((6, 4), (12, 12))),
     ("MLP", {"fusion_type": "mlp"}),
-]
+]  # fmt: skip
 
 #: The paper's figures (ORViT backbone): params in millions, "GFLOPs" (fvcore convention, 1 multiply-add = 1).
+PARTS = ("video_encoder", "video_projection", "text_encoder", "text_projection", "fusion_module", "heads")
 PAPER = {
     "backbone": {"params_m": 148.0, "gflops": 405.0},
     "Mamba (SSM-Fusion)": {"params_m": 157.0, "gflops": 413.0},
@@ -68,10 +65,7 @@ def base_config(quick: bool) -> dict[str, Any]:
             "text_config": BertConfig(
                 vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
             ),
-            "hidden_size": 48,
-            "state_size": 4,
-            "num_verb_classes": 5,
-            "num_noun_classes": 7,
+            "hidden_size": 48, "state_size": 4, "num_verb_classes": 5, "num_noun_classes": 7,
         }  # fmt: skip
     return {"video_config": VideoMAEConfig(), "text_config": RobertaConfig(), "hidden_size": 768}
 
@@ -82,25 +76,15 @@ def measure(label: str, overrides: dict[str, Any], quick: bool, question_length:
     with torch.device("meta"):
         model = MambaVLForActionRecognition(config).eval()
     video = config.video_config
-    inputs = {
-        "pixel_values": torch.empty(
-            1, video.num_frames, video.num_channels, video.image_size, video.image_size, device="meta"
-        ),
-        "verb_input_ids": torch.zeros(1, question_length, dtype=torch.long, device="meta"),
-        "noun_input_ids": torch.zeros(1, question_length, dtype=torch.long, device="meta"),
-    }
+    ids = torch.zeros(1, question_length, dtype=torch.long, device="meta")
+    pixels = torch.empty(1, video.num_frames, video.num_channels, video.image_size, video.image_size, device="meta")
+    inputs = {"pixel_values": pixels, "verb_input_ids": ids, "noun_input_ids": ids}
     params = count_parameters(model)
     flops = count_flops(model, inputs, depth=2)
     num_tokens = (video.num_frames // video.tubelet_size) * (video.image_size // video.patch_size) ** 2
     logger.info("%s: %.2fM params, %.2f GFLOPs (multiply-add = 2)", label, params.total / 1e6, flops.total / 1e9)
-    return {
-        "label": label,
-        "config": overrides,
-        "video_tokens": num_tokens,
-        "question_tokens": question_length,
-        "params": params.to_dict(),
-        "flops": flops.to_dict(),
-    }
+    return {"label": label, "config": overrides, "video_tokens": num_tokens, "question_tokens": question_length,
+            "params": params.to_dict(), "flops": flops.to_dict()}  # fmt: skip
 
 
 def markdown(results: list[dict[str, Any]], quick: bool) -> str:
@@ -121,33 +105,26 @@ def markdown(results: list[dict[str, Any]], quick: bool) -> str:
         "`FlopCounterMode` count / 2); the PyTorch count (multiply-add = 2) is in the last column. "
         "Backbone = model - fusion (fusion = fusion module + text MLP).",
         "",
-        "| Model | GFLOPs | Params (M) | Trainable (M) | Fusion params (M) | + Params vs backbone (M) "
-        "| + GFLOPs vs backbone | GFLOPs (PyTorch, x2) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| Backbone (no fusion) | {backbone_flops / 2 / g:.1f} | {backbone_params / m:.1f} | "
-        f"{(backbone_params - results[0]['params']['frozen']) / m:.1f} | 0 | 0 | 0 | {backbone_flops / g:.1f} |",
-    ]
-    for r in results:
-        p, f = r["params"], r["flops"]
-        lines.append(
-            f"| {r['label']} | {f['total'] / 2 / g:.1f} | {p['total'] / m:.1f} | {p['trainable'] / m:.1f} | "
-            f"{p['fusion'] / m:.2f} | +{p['fusion'] / m:.2f} | +{f['fusion'] / 2 / g:.2f} | {f['total'] / g:.1f} |"
-        )
-    lines += [
+        harness.markdown_table(
+            ["Model", "GFLOPs", "Params (M)", "Trainable (M)", "Fusion params (M)", "+ Params vs backbone (M)",
+             "+ GFLOPs vs backbone", "GFLOPs (PyTorch, x2)"],
+            [["Backbone (no fusion)", f"{backbone_flops / 2 / g:.1f}", f"{backbone_params / m:.1f}",
+              f"{(backbone_params - results[0]['params']['frozen']) / m:.1f}", 0, 0, 0, f"{backbone_flops / g:.1f}"]]
+            + [[r["label"], f"{r['flops']['total'] / 2 / g:.1f}", f"{r['params']['total'] / m:.1f}",
+                f"{r['params']['trainable'] / m:.1f}", f"{r['params']['fusion'] / m:.2f}",
+                f"+{r['params']['fusion'] / m:.2f}", f"+{r['flops']['fusion'] / 2 / g:.2f}",
+                f"{r['flops']['total'] / g:.1f}"] for r in results],
+        ),
         "",
         "## Where the parameters and FLOPs are",
         "",
-        "| Model | video encoder | video proj. | text encoder (frozen) | text MLP | fusion module | heads "
-        "| selective scan (analytic) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        p, f = r["params"], r["flops"]
-        cells = [
-            f"{p[k] / m:.2f}M / {f[k] / 2 / g:.2f}"
-            for k in ("video_encoder", "video_projection", "text_encoder", "text_projection", "fusion_module", "heads")
-        ]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {f['selective_scan'] / 2 / g:.3f} |")
+        harness.markdown_table(
+            ["Model", "video encoder", "video proj.", "text encoder (frozen)", "text MLP", "fusion module", "heads",
+             "selective scan (analytic)"],
+            [[r["label"], *(f"{r['params'][k] / m:.2f}M / {r['flops'][k] / 2 / g:.2f}" for k in PARTS),
+              f"{r['flops']['selective_scan'] / 2 / g:.3f}"] for r in results],
+        ),
+    ]  # fmt: skip
     lines += ["", "(params / GFLOPs with multiply-add = 1)", ""]
     if not quick:
         lines += comparison_with_paper(results)
@@ -165,22 +142,21 @@ def comparison_with_paper(results: list[dict[str, Any]]) -> list[str]:
         "The paper reports ORViT (148M params, 405.0 GFLOPs) -> MambaVL 157M / 413.0 GFLOPs, and 242M params with a "
         "6x4 transformer fusion. Our increments, added to the paper's ORViT backbone:",
         "",
-        "| Fusion | paper: + params | ours: + params | paper: total params | ORViT + ours | paper: + GFLOPs "
-        "| ours: + GFLOPs |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for label in ("Mamba (SSM-Fusion)", "Transformer 6x4", "Transformer 12x12", "MLP"):
-        r = by_label[label]
-        paper = PAPER.get(label, {})
-        added_params, added_gflops = r["params"]["fusion"] / m, r["flops"]["fusion"] / 2 / g
+        r, paper = by_label[label], PAPER.get(label, {})
         paper_params, paper_gflops = paper.get("params_m"), paper.get("gflops")
-        paper_added = f"+{paper_params - orvit['params_m']:.0f}M" if paper_params else "-"
-        paper_total = f"{paper_params:.0f}M" if paper_params else "-"
-        paper_added_gflops = f"+{paper_gflops - orvit['gflops']:.1f}" if paper_gflops else "-"
-        lines.append(
-            f"| {label} | {paper_added} | +{added_params:.1f}M | {paper_total} | "
-            f"{orvit['params_m'] + added_params:.0f}M | {paper_added_gflops} | +{added_gflops:.1f} |"
-        )
+        added_params = r["params"]["fusion"] / m
+        rows.append([
+            label, harness.fmt(paper_params and paper_params - orvit["params_m"], "+{:.0f}M"), f"+{added_params:.1f}M",
+            harness.fmt(paper_params, "{:.0f}M"), f"{orvit['params_m'] + added_params:.0f}M",
+            harness.fmt(paper_gflops and paper_gflops - orvit["gflops"], "+{:.1f}"),
+            f"+{r['flops']['fusion'] / 2 / g:.1f}",
+        ])  # fmt: skip
+    header = ["Fusion", "paper: + params", "ours: + params", "paper: total params", "ORViT + ours", "paper: + GFLOPs",
+              "ours: + GFLOPs"]  # fmt: skip
+    lines.append(harness.markdown_table(header, rows))
     mamba = by_label["Mamba (SSM-Fusion)"]
     t6 = by_label["Transformer 6x4"]
     t12 = by_label["Transformer 12x12"]
@@ -234,8 +210,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise RuntimeError(f"the backbone (total - fusion) should be the same for every fusion, got {backbones}")
     report = markdown(results, args.quick)
     print(report)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "efficiency.md").write_text(report)
     payload = {
         "setting": "quick" if args.quick else "paper",
         "flop_convention": "flops: PyTorch FlopCounterMode (multiply-add = 2) + analytic selective scan; "
@@ -243,11 +217,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "backbone_definition": "total - fusion; fusion = base_model.fusion + base_model.text_encoder.projection",
         "paper": PAPER,
         "results": results,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        "versions": {k: harness.machine_info()[k] for k in ("python", "torch", "transformers")},
     }  # fmt: skip
-    (args.output_dir / "efficiency.json").write_text(json.dumps(payload, indent=2) + "\n")
-    logger.info("wrote %s and %s", args.output_dir / "efficiency.md", args.output_dir / "efficiency.json")
+    harness.write_results(args.output_dir, "efficiency", payload=payload, markdown=report)
     return results
 
 

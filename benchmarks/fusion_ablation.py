@@ -1,5 +1,6 @@
 """Fusion ablation on the synthetic benchmark: Mamba vs transformer vs MLP fusion, same budget and seed.
 
+Compares held-out accuracy, not speed. Target (the paper's ablation, in structure): MLP < transformer < Mamba.
 Each fusion type trains the ``mambavl demo`` recipe (tiny 3-D CNN video encoder, frozen MiniLM embeddings, fusion
 width 64; :mod:`mambavl.demo`) for the same number of epochs with the same seeds, data and schedule, then reports
 held-out verb / noun / action top-1 (and top-5), mean ± std over the seeds. Writes
@@ -12,16 +13,15 @@ held-out verb / noun / action top-1 (and top-5), mean ± std over the seeds. Wri
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from mambavl.demo import build_demo, evaluate_demo, train_demo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FUSIONS = {
@@ -92,21 +92,19 @@ def main() -> int:
     command = "python benchmarks/fusion_ablation.py" + (" --quick" if args.quick else "")
     if args.seeds != "0,1,2":
         command += f" --seeds {args.seeds}"
-    table = [
-        "| Fusion | Verb top-1 | Noun top-1 | Action top-1 | Action top-5 | Trainable params | Train time (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        table.append(
-            f"| {r['fusion']} | {cell(r, 'verb_top1')} | {cell(r, 'noun_top1')} | {cell(r, 'action_top1')} | "
-            f"{cell(r, 'action_top5')} | {r['trainable_params']:,} | {r['train_seconds']:.0f} |"
-        )
+    header = ["Fusion", "Verb top-1", "Noun top-1", "Action top-1", "Action top-5", "Trainable params",
+              "Train time (s)"]  # fmt: skip
+    table = harness.markdown_table(header, [
+        [r["fusion"], *(cell(r, k) for k in ("verb_top1", "noun_top1", "action_top1", "action_top5")),
+         f"{r['trainable_params']:,}", f"{r['train_seconds']:.0f}"] for r in rows
+    ])  # fmt: skip
     spread = (
         f"mean ± standard deviation over seeds {', '.join(map(str, seeds))}; each seed draws its own synthetic "
         "dataset, initialisation and training order, and every fusion sees the same ones"
         if len(seeds) > 1
         else f"one seed ({seeds[0]}): differences of a few points may be seed noise"
     )
+    machine = harness.machine_info()
     report = "\n".join([
         "# Fusion ablation on the synthetic egocentric benchmark",
         "",
@@ -114,20 +112,18 @@ def main() -> int:
         f"fusion trained {args.epochs} epochs: tiny 3-D CNN video encoder, frozen MiniLM embeddings, fusion width 64, "
         f"label-free questions at evaluation. Percent, {spread}. Train time: mean seconds per run.",
         "",
-        *table,
+        table,
         "",
-        f"Command: `{command}` ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads). Per-seed results are in `fusion_ablation.json`.",
+        f"Command: `{command}` ({machine['cpu']}, torch {machine['torch']}, {machine['torch_threads']} threads). "
+        "Per-seed results are in `fusion_ablation.json`.",
         "",
     ])  # fmt: skip
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "fusion_ablation.md").write_text(report)
     payload = {
         "command": command, "epochs": args.epochs, "seeds": seeds, "num_videos": args.num_videos,
-        "python": sys.version.split()[0], "torch": torch.__version__, "results": rows, "runs": runs,
+        "python": machine["python"], "torch": machine["torch"], "results": rows, "runs": runs,
     }  # fmt: skip
-    (args.output_dir / "fusion_ablation.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print("\n" + "\n".join(table))
+    harness.write_results(args.output_dir, "fusion_ablation", payload=payload, markdown=report)
+    print("\n" + table)
     return 0
 
 

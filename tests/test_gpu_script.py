@@ -133,9 +133,10 @@ def test_helpers():
         {"tokens": 2, "fusion": "mamba", "t": 5.0}, {"tokens": 2, "fusion": "transformer", "t": 6.0},
         {"tokens": 4, "fusion": "mamba", "t": 5.0}, {"tokens": 4, "fusion": "transformer", "t": 20.0},
     ]  # fmt: skip
-    assert check_cuda.crossover(rows, "t")["tokens"] == 2
-    assert check_cuda.crossover(rows[:2], "t")["tokens"] is None
-    assert check_cuda.crossover(rows[2:], "t")["at_or_below_smallest"] is True
+    crossover = check_cuda.timings.crossover
+    assert crossover(rows, "t")["tokens"] == 2
+    assert crossover(rows[:2], "t")["tokens"] is None
+    assert crossover(rows[2:], "t")["at_or_below_smallest"] is True
     bad = torch.tensor([1.0, float("nan")])
     assert check_cuda.rel_err(bad, bad) == math.inf  # NaN never passes
     assert check_cuda.rel_err(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0

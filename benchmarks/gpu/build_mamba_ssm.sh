@@ -1,33 +1,16 @@
 #!/usr/bin/env bash
-# Build mamba-ssm and causal-conv1d from their source distributions, for Hopper (sm_90) only, with no network.
-#
-# Usage (from the repository root, on a machine with nvcc and a CUDA build of PyTorch):
+# Build mamba-ssm and causal-conv1d from their sdists, for Hopper (sm_90) only, with no network (README.md, section 1,
+# says how the sdists are fetched and why each step below is needed).
 #
 #     bash benchmarks/gpu/build_mamba_ssm.sh [SDIST_DIR [TARGET_DIR [WHEEL_DIR]]]
 #
-#   SDIST_DIR   folder holding mamba_ssm-*.tar.gz and causal_conv1d-*.tar.gz      (default: .whl)
-#   TARGET_DIR  folder the built packages are installed into (add it to PYTHONPATH) (default: /tmp/mambavl_site)
-#   WHEEL_DIR   folder the built wheels are written to (carry them to skip a rebuild) (default: /tmp/mambavl_wheels)
+#   SDIST_DIR   mamba_ssm-*.tar.gz and causal_conv1d-*.tar.gz         (default: .whl)
+#   TARGET_DIR  where the built packages are installed (PYTHONPATH)    (default: /tmp/mambavl_site)
+#   WHEEL_DIR   where the built wheels are written                    (default: /tmp/mambavl_wheels)
 #
-# Environment knobs: MAX_JOBS (default: number of CPUs), MAMBAVL_GENCODE (default "arch=compute_90,code=sm_90";
-# several gencode values separated by spaces), CUDA_HOME (default: found from nvcc), PYTHON (default python3).
-#
-# The sdists are fetched on a machine with PyPI access (not needed on the GPU machine):
-#
-#     MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE python -m pip download --no-deps \
-#         --no-binary :all: --no-build-isolation -d .whl mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
-#
-# What the two setup.py files need, and what this script does about it:
-#   * MAMBA_FORCE_BUILD=TRUE / CAUSAL_CONV1D_FORCE_BUILD=TRUE: otherwise their bdist_wheel first tries to download a
-#     prebuilt wheel from GitHub; with no network urlretrieve raises URLError (only HTTPError is caught) and the
-#     build dies.
-#   * Both hard-code `-gencode` flags for sm_75 ... sm_121 (nine targets with CUDA 13), and TORCH_CUDA_ARCH_LIST does
-#     not override them. The copy of setup.py in the build folder is patched to use MAMBAVL_GENCODE instead (one
-#     target: about nine times less compile time). TORCH_CUDA_ARCH_LIST=9.0 is set as well, for torch's own flags.
-#   * Build requirements are not installed (no index): setuptools, wheel, packaging, ninja and a CUDA PyTorch must
-#     already be importable (the GPU machine's image has them); mamba-ssm's runtime imports need einops, triton and
-#     transformers (also in that image). Its other declared dependencies (tilelang, apache-tvm-ffi, quack-kernels)
-#     are only used by Mamba-3 code paths that import them lazily, so --no-deps skips them.
+# Environment: MAX_JOBS (default: CPUs), MAMBAVL_GENCODE (default "arch=compute_90,code=sm_90"), CUDA_HOME (default:
+# found from nvcc), PYTHON (default python3). Needs nvcc of torch's CUDA major version, a CUDA build of torch,
+# setuptools, wheel, packaging and ninja (all in the GPU machine's image).
 set -euo pipefail
 
 die() {
@@ -49,7 +32,7 @@ export MAMBA_SKIP_CUDA_BUILD=FALSE CAUSAL_CONV1D_SKIP_CUDA_BUILD=FALSE
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # ---- the source distributions ------------------------------------------------------------------------------------
-[ -d "$SDIST_DIR" ] || die "no folder $SDIST_DIR with the sdists (fetch them first; see the header of this script)"
+[ -d "$SDIST_DIR" ] || die "no folder $SDIST_DIR with the sdists (fetch them first: benchmarks/gpu/README.md, section 1)"
 shopt -s nullglob
 mamba_sdists=("$SDIST_DIR"/mamba_ssm-*.tar.gz)
 conv_sdists=("$SDIST_DIR"/causal_conv1d-*.tar.gz)
