@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_config, tiny_inputs
 
 from mambavl import MambaVLForActionRecognition
+from tiny import tiny_config, tiny_inputs
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
-from tiny import tiny_config, tiny_inputs, tiny_labels
 from torch import nn
 
 from mambavl import MambaVLForActionRecognition
 from mambavl.fusion.ssm_fusion import _channels_first_linear
-
-peft = pytest.importorskip("peft")
+from tiny import tiny_config, tiny_inputs, tiny_labels
 
 # The fusion mixers' four linear layers, the video projection and the text MLP's first layer.
 TARGETS = ["in_proj", "x_proj", "dt_proj", "out_proj", "video_projection", "projection.0"]
