@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification,
 
 from .configuration_mambavl import MambaVLConfig
 from .conv3d_video_encoder import Conv3dVideoConfig, Conv3dVideoModel
+from .modeling_auto import AutoModelForActionAnticipation
 from .modeling_mambavl import (
     MambaVLActionRecognitionOutput,
     MambaVLForActionAnticipation,
@@ -24,8 +25,10 @@ AutoModel.register(Conv3dVideoConfig, Conv3dVideoModel, exist_ok=True)
 AutoModel.register(MambaVLConfig, MambaVLModel, exist_ok=True)
 AutoModelForVideoClassification.register(MambaVLConfig, MambaVLForActionRecognition, exist_ok=True)
 AutoProcessor.register(MambaVLConfig, MambaVLProcessor, exist_ok=True)
+AutoModelForActionAnticipation.register(MambaVLConfig, MambaVLForActionAnticipation, exist_ok=True)
 
 __all__ = [
+    "AutoModelForActionAnticipation",
     "Conv3dVideoConfig",
     "Conv3dVideoModel",
     "MambaVLActionRecognitionOutput",

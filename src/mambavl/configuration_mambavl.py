@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -20,6 +21,58 @@ SSM_BACKENDS = BACKENDS  # the backends of mambavl.ops.selective_scan
 # Width of the video tokens assumed when neither `video_config` nor `video_feature_size` is given:
 # a ViT-B video transformer (ORViT, AVION/LaViLa ViT-B), as in the paper.
 DEFAULT_VIDEO_FEATURE_SIZE = 768
+
+
+_SINGLE_HEAD_MESSAGE = (
+    "MambaVLConfig does not take `{name}`: the model has two heads, a verb head and a noun head. Use "
+    "`num_verb_classes` / `num_noun_classes` and `verb_id2label` / `noun_id2label` (with their inverses "
+    "`verb_label2id` / `noun_label2id`), e.g. from `mambavl.data.label_config(verb_classes, noun_classes)`."
+)
+
+
+def _is_default_label_map(mapping: dict[Any, Any], inverse: bool) -> bool:
+    """Whether ``mapping`` is the two-label placeholder ``{0: "LABEL_0", 1: "LABEL_1"}`` (or its inverse) that
+    `transformers` writes for configs without labels (older MambaVL folders hold it)."""
+    default = {str(i): f"LABEL_{i}" for i in range(2)}
+    items = {str(k): str(v) for k, v in mapping.items()}
+    return items == ({v: k for k, v in default.items()} if inverse else default)
+
+
+def _reject_single_head_labels(config: PretrainedConfig, kwargs: dict[str, Any]) -> None:
+    if kwargs.get("num_labels") is not None:
+        raise ValueError(_SINGLE_HEAD_MESSAGE.format(name="num_labels"))
+    for name, inverse in (("id2label", False), ("label2id", True)):
+        mapping = getattr(config, name)
+        if mapping is not None and not _is_default_label_map(mapping, inverse):
+            raise ValueError(_SINGLE_HEAD_MESSAGE.format(name=name))
+
+
+def _set_label_maps(config: PretrainedConfig, kind: str, num: int) -> None:
+    """Check ``{kind}_id2label`` (int keys, also after JSON) and fill or check its inverse ``{kind}_label2id``."""
+    id2label_name, label2id_name = f"{kind}_id2label", f"{kind}_label2id"
+    id2label, label2id = getattr(config, id2label_name), getattr(config, label2id_name)
+    if id2label is None:
+        if label2id is not None:
+            raise ValueError(f"`{label2id_name}` needs `{id2label_name}` (the class names by id).")
+        return
+    if not isinstance(id2label, dict):
+        raise ValueError(f"`{id2label_name}` must be a dict of class id to name, got {type(id2label).__name__}.")
+    id2label = {int(k): str(v) for k, v in id2label.items()}  # JSON keys are strings
+    if sorted(id2label) != list(range(num)):
+        raise ValueError(
+            f"`{id2label_name}` must name every class id 0..{num - 1}, got ids {sorted(id2label)[:10]}"
+            f"{'...' if len(id2label) > 10 else ''} ({len(id2label)} entries)."
+        )
+    inverse = {name: i for i, name in sorted(id2label.items())}
+    if len(inverse) != len(id2label):
+        duplicates = sorted(name for name, count in Counter(id2label.values()).items() if count > 1)
+        raise ValueError(
+            f"`{id2label_name}` names must be unique (they key `{label2id_name}`), got duplicates {duplicates[:10]}."
+        )
+    if label2id is not None and {str(k): int(v) for k, v in label2id.items()} != inverse:
+        raise ValueError(f"`{label2id_name}` must be the inverse of `{id2label_name}`.")
+    setattr(config, id2label_name, id2label)
+    setattr(config, label2id_name, inverse)
 
 
 class MambaVLConfig(PretrainedConfig):
@@ -101,13 +154,22 @@ class MambaVLConfig(PretrainedConfig):
         num_noun_classes (`int`, *optional*, defaults to 300):
             Number of noun classes (EPIC-KITCHENS-100 has 300).
         verb_id2label (`dict[int, str]`, *optional*):
-            Verb class names, used by prediction helpers.
+            Verb class names by class id (every id ``0..num_verb_classes-1``), used by prediction helpers;
+            :func:`mambavl.data.label_config` fills it from a class list.
         noun_id2label (`dict[int, str]`, *optional*):
-            Noun class names, used by prediction helpers.
+            Noun class names by class id, likewise.
+        verb_label2id (`dict[str, int]`, *optional*):
+            Inverse of ``verb_id2label`` (derived from it when not given; names must be unique).
+        noun_label2id (`dict[str, int]`, *optional*):
+            Inverse of ``noun_id2label``.
         head_dropout (`float`, *optional*, defaults to 0.0):
             Dropout before the verb and noun heads.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of linear layers outside the mixers.
+
+    The model has two classification heads, so the single-head fields of `transformers` (``num_labels``,
+    ``id2label``, ``label2id``) are refused with a ``ValueError`` (use the verb and noun fields above) and
+    ``config.id2label`` / ``config.num_labels`` are ``None``.
 
     Example:
 
@@ -118,6 +180,12 @@ class MambaVLConfig(PretrainedConfig):
     """
 
     model_type = "mambavl"
+    # Outputs that are not logits: `transformers.Trainer` leaves them out of the predictions it gathers, so that
+    # `compute_metrics` receives `(verb_logits, noun_logits)`.
+    keys_to_ignore_at_inference = [
+        "verb_loss", "noun_loss", "verb_features", "noun_features", "video_hidden_states", "hidden_states",
+        "attentions",
+    ]  # fmt: skip
     sub_configs_defaults = {
         "video_config": SubConfigSpec(config_class=AutoConfig, model_type="videomae", optional=True),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="roberta"),
@@ -154,11 +222,17 @@ class MambaVLConfig(PretrainedConfig):
     num_noun_classes: int = 300
     verb_id2label: dict[int, str] | None = None
     noun_id2label: dict[int, str] | None = None
+    verb_label2id: dict[str, int] | None = None
+    noun_label2id: dict[str, int] | None = None
     head_dropout: float = 0.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs: Any) -> None:
+        _reject_single_head_labels(self, kwargs)
         super().__post_init__(**kwargs)
+        # A two-head model has no single label space: `id2label` / `label2id` stay absent (the base class fills a
+        # two-label default).
+        self.id2label = self.label2id = None
         self._validate()
         if self.time_step_rank == "auto":
             self.time_step_rank = math.ceil(self.hidden_size / 16)
@@ -170,17 +244,23 @@ class MambaVLConfig(PretrainedConfig):
             self.video_feature_size = (
                 self.video_config.hidden_size if self.video_config is not None else DEFAULT_VIDEO_FEATURE_SIZE
             )
-        for name, num in (("verb_id2label", self.num_verb_classes), ("noun_id2label", self.num_noun_classes)):
-            mapping = getattr(self, name)
-            if mapping is None:
-                continue
-            mapping = {int(k): str(v) for k, v in mapping.items()}
-            if sorted(mapping) != list(range(num)):
-                raise ValueError(
-                    f"`{name}` must name every class id 0..{num - 1}, got ids {sorted(mapping)[:10]}"
-                    f"{'...' if len(mapping) > 10 else ''} ({len(mapping)} entries)."
-                )
-            setattr(self, name, mapping)
+        for kind, num in (("verb", self.num_verb_classes), ("noun", self.num_noun_classes)):
+            _set_label_maps(self, kind, num)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in ("id2label", "label2id") and value is not None and getattr(self, "_post_init_done", False):
+            raise ValueError(_SINGLE_HEAD_MESSAGE.format(name=key))  # e.g. from_pretrained(folder, id2label=...)
+        super().__setattr__(key, value)
+
+    @property
+    def num_labels(self) -> None:
+        """``None``: MambaVL has a verb head and a noun head, see ``num_verb_classes`` and ``num_noun_classes``."""
+        return None
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if getattr(self, "_post_init_done", False):  # the base class sets its default while initialising
+            raise ValueError(_SINGLE_HEAD_MESSAGE.format(name="num_labels"))
 
     @property
     def intermediate_size(self) -> int:

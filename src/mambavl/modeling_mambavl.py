@@ -45,6 +45,12 @@ class MambaVLModelOutput(ModelOutput):
         noun_features: ``(B, D)`` ``x_noun = pool(y^V) + pool(y^T_noun)``, the noun head's input.
         hidden_states: with ``output_hidden_states=True``, the video tokens ``(B, F, D)`` entering each fusion
             layer, then after the last one (``num_fusion_layers + 1`` tensors).
+        video_attentions: with ``output_attentions=True``, the video encoder's attention weights (one
+            ``(B, heads, F', F')`` tensor a layer), ``None`` without a video encoder (precomputed features).
+        verb_question_attentions: with ``output_attentions=True`` and ``text_encoder_mode="full"``, the text
+            encoder's attention weights on the verb question (one ``(B, heads, Lv, Lv)`` tensor a layer); ``None``
+            in ``"embeddings"`` mode, which has no attention. The fusion itself has no attention weights.
+        noun_question_attentions: likewise for the noun question.
     """
 
     video_hidden_states: torch.Tensor | None = None
@@ -56,6 +62,9 @@ class MambaVLModelOutput(ModelOutput):
     verb_features: torch.Tensor | None = None
     noun_features: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    video_attentions: tuple[torch.Tensor, ...] | None = None
+    verb_question_attentions: tuple[torch.Tensor, ...] | None = None
+    noun_question_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -73,6 +82,7 @@ class MambaVLActionRecognitionOutput(ModelOutput):
         noun_features: ``(B, D)`` input of the noun head.
         video_hidden_states: ``(B, F, D)`` fused video tokens.
         hidden_states: see :class:`MambaVLModelOutput`.
+        video_attentions, verb_question_attentions, noun_question_attentions: see :class:`MambaVLModelOutput`.
     """
 
     loss: torch.Tensor | None = None
@@ -84,6 +94,9 @@ class MambaVLActionRecognitionOutput(ModelOutput):
     noun_features: torch.Tensor | None = None
     video_hidden_states: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    video_attentions: tuple[torch.Tensor, ...] | None = None
+    verb_question_attentions: tuple[torch.Tensor, ...] | None = None
+    noun_question_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 def _set_frozen(module: nn.Module, frozen: bool) -> None:
@@ -92,6 +105,11 @@ def _set_frozen(module: nn.Module, frozen: bool) -> None:
     module._mambavl_frozen = frozen
     if frozen:
         module.eval()
+
+
+def _split(result: Any, with_attentions: bool) -> tuple[torch.Tensor, Any]:
+    """``(tokens, attentions)`` from an ``encode_*`` result, with ``attentions=None`` when they were not asked for."""
+    return result if with_attentions else (result, None)
 
 
 def _is_frozen(module: nn.Module | None) -> bool:
@@ -134,20 +152,58 @@ class MambaVLTextEncoder(nn.Module):
             return model
         return model.embeddings if self.embeddings_take_ids else model.get_input_embeddings()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The text model's word (token) embeddings, an ``nn.Embedding (vocab_size, text width)``."""
+        if self.mode == "full":
+            return self.encoder.get_input_embeddings()
+        if not self.embeddings_take_ids:
+            return self.encoder
+        for name in ("word_embeddings", "embed_tokens", "token_embedding", "word_embedding"):
+            if isinstance(module := getattr(self.encoder, name, None), nn.Embedding):
+                return module
+        raise NotImplementedError(
+            f"Cannot find the word embeddings in {type(self.encoder).__name__} (looked for `word_embeddings`, "
+            "`embed_tokens`, `token_embedding`, `word_embedding`)."
+        )
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the word embeddings (e.g. resized); they stay frozen when the text encoder is."""
+        frozen = _is_frozen(self.encoder)
+        if self.mode == "full":
+            self.encoder.set_input_embeddings(value)
+        elif not self.embeddings_take_ids:
+            self.encoder = value
+            _set_frozen(self.encoder, frozen)
+            return
+        else:
+            old = self.get_input_embeddings()
+            name = next(n for n, module in self.encoder.named_children() if module is old)
+            setattr(self.encoder, name, value)
+        value.requires_grad_(not frozen)
+        if frozen:
+            value.eval()
+
     def load_backbone(self, model: PreTrainedModel) -> None:
         """Copy the weights of a pretrained text model (of ``config.text_config``'s architecture) into the encoder."""
         self.encoder.load_state_dict(self._encoder_part(model).state_dict())
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode ``input_ids (B, L)`` to ``(B, L, hidden_size)``."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Encode ``input_ids (B, L)`` to ``(B, L, hidden_size)``; with ``output_attentions``, also return the text
+        model's attention weights (``"full"`` mode; ``None`` in ``"embeddings"`` mode, which has no attention)."""
+        attentions = None
         with torch.set_grad_enabled(torch.is_grad_enabled() and not _is_frozen(self.encoder)):
             if self.mode == "full":
-                hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                extra = {"output_attentions": True} if output_attentions else {}
+                out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
+                hidden, attentions = out.last_hidden_state, getattr(out, "attentions", None)
             elif self.embeddings_take_ids:
                 hidden = self.encoder(input_ids=input_ids)
             else:
                 hidden = self.encoder(input_ids)
-        return self.projection(hidden)
+        hidden = self.projection(hidden)
+        return (hidden, attentions) if output_attentions else hidden
 
 
 class MambaVLPreTrainedModel(PreTrainedModel):
@@ -160,6 +216,14 @@ class MambaVLPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
+    # The attention implementation (`attn_implementation=` at `from_pretrained`) is passed on to the video and text
+    # encoders (the sub-configs); each checks that it supports it. The fusion has no attention.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # `loss` is a plain mean over the batch: `transformers.Trainer` must not pass `num_items_in_batch`.
+    accepts_loss_kwargs = False
     _no_split_modules = ["MambaFusionLayer", "TransformerFusionLayer"]
 
     def train(self, mode: bool = True) -> MambaVLPreTrainedModel:
@@ -280,18 +344,32 @@ class MambaVLModel(MambaVLPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The question encoder's word embeddings (``nn.Embedding (text vocab_size, text width)``)."""
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the question encoder's word embeddings (``resize_token_embeddings`` uses it)."""
+        self.text_encoder.set_input_embeddings(value)
+
     def encode_video(
-        self, pixel_values: torch.Tensor | None = None, video_features: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        pixel_values: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Video tokens at fusion width.
 
         Args:
             pixel_values: ``(B, T, C, H, W)`` frames for the video encoder.
             video_features: ``(B, F, video_feature_size)`` precomputed tokens (skips the video encoder).
+            output_attentions: also return the video encoder's attention weights (``None`` for precomputed
+                features).
 
         Returns:
-            ``(B, F, hidden_size)``.
+            ``(B, F, hidden_size)``, or ``(tokens, attentions)`` with ``output_attentions``.
         """
+        attentions = None
         if (pixel_values is None) == (video_features is None):
             raise ValueError("Pass exactly one of `pixel_values` (B, T, C, H, W) or `video_features` (B, F, Dv).")
         if pixel_values is not None:
@@ -303,18 +381,27 @@ class MambaVLModel(MambaVLPreTrainedModel):
             if pixel_values.dim() != 5:
                 raise ValueError(f"`pixel_values` must be (B, T, C, H, W), got shape {tuple(pixel_values.shape)}.")
             with torch.set_grad_enabled(torch.is_grad_enabled() and not _is_frozen(self.video_encoder)):
-                video_features = self.video_encoder(pixel_values=pixel_values).last_hidden_state
+                extra = {"output_attentions": True} if output_attentions else {}
+                out = self.video_encoder(pixel_values=pixel_values, **extra)
+                video_features, attentions = out.last_hidden_state, getattr(out, "attentions", None)
         elif video_features.dim() != 3 or video_features.shape[-1] != self.config.video_feature_size:
             raise ValueError(
                 f"`video_features` must be (B, F, {self.config.video_feature_size}), got shape "
                 f"{tuple(video_features.shape)}."
             )
-        return self.video_projection(video_features)
+        tokens = self.video_projection(video_features)
+        return (tokens, attentions) if output_attentions else tokens
 
     def encode_question(
-        self, name: str, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch_size: int
-    ) -> torch.Tensor:
-        """Question tokens at fusion width, ``(B, L, hidden_size)``, after checking ids and mask."""
+        self,
+        name: str,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        batch_size: int,
+        output_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Question tokens at fusion width, ``(B, L, hidden_size)``, after checking ids and mask; with
+        ``output_attentions``, ``(tokens, the text encoder's attentions or None)``."""
         if input_ids is None:
             raise ValueError(
                 f"`{name}_input_ids` is required: MambaVL fuses the video with a verb and a noun question "
@@ -330,14 +417,19 @@ class MambaVLModel(MambaVLPreTrainedModel):
                 )
             empty = attention_mask.sum(dim=1) == 0
             left_padded = (attention_mask[:, 1:] > attention_mask[:, :-1]).any(dim=1)
-            if (empty | left_padded).any():  # one host sync when the mask is fine
+            if torch.compiler.is_compiling():  # torch.export / compile: a runtime assertion, no data-dependent branch
+                torch._assert_async(
+                    ~(empty | left_padded).any(),
+                    f"`{name}_attention_mask` has a row with no valid token or is left-padded (needs right padding).",
+                )
+            elif (empty | left_padded).any():  # one host sync when the mask is fine
                 if empty.any():
                     raise ValueError(f"`{name}_attention_mask` has a row with no valid token.")
                 raise ValueError(
                     f"`{name}_attention_mask` is left-padded; the causal scan needs right padding "
                     "(tokenizer.padding_side = 'right')."
                 )
-        return self.text_encoder(input_ids, attention_mask)
+        return self.text_encoder(input_ids, attention_mask, output_attentions=output_attentions)
 
     def forward(
         self,
@@ -349,6 +441,7 @@ class MambaVLModel(MambaVLPreTrainedModel):
         noun_attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> MambaVLModelOutput | tuple[torch.Tensor, ...]:
         """Fuse a video with its verb and noun questions.
 
@@ -359,17 +452,27 @@ class MambaVLModel(MambaVLPreTrainedModel):
             verb_attention_mask: ``(B, Lv)``, 1 for tokens and 0 for (right) padding.
             noun_input_ids: ``(B, Ln)`` token ids of the noun question.
             noun_attention_mask: ``(B, Ln)``.
-            output_hidden_states: also return the video tokens entering each fusion layer.
-            return_dict: return a :class:`MambaVLModelOutput` (default) rather than a tuple.
+            output_hidden_states: also return the video tokens entering each fusion layer (default:
+                ``config.output_hidden_states``).
+            return_dict: return a :class:`MambaVLModelOutput` rather than a tuple (default: ``config.return_dict``).
+            output_attentions: also return the video and text encoders' attention weights (default:
+                ``config.output_attentions``; the weights need ``attn_implementation="eager"``).
 
         Returns:
             :class:`MambaVLModelOutput`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        video = self.encode_video(pixel_values, video_features)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        attend = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        video, video_attentions = _split(self.encode_video(pixel_values, video_features, attend), attend)
         batch = video.shape[0]
-        verb = self.encode_question("verb", verb_input_ids, verb_attention_mask, batch)
-        noun = self.encode_question("noun", noun_input_ids, noun_attention_mask, batch)
+        verb, verb_attentions = _split(
+            self.encode_question("verb", verb_input_ids, verb_attention_mask, batch, attend), attend
+        )
+        noun, noun_attentions = _split(
+            self.encode_question("noun", noun_input_ids, noun_attention_mask, batch, attend), attend
+        )
 
         fused = self.fusion(
             video,
@@ -380,7 +483,34 @@ class MambaVLModel(MambaVLPreTrainedModel):
             output_hidden_states=bool(output_hidden_states),
         )
         output = MambaVLModelOutput(**fused)
+        if attend:
+            output.video_attentions = video_attentions
+            output.verb_question_attentions, output.noun_question_attentions = verb_attentions, noun_attentions
         return output if return_dict else output.to_tuple()
+
+
+def _labels_from_kwargs(
+    model_name: str, kwargs: dict[str, Any], verb_labels: torch.Tensor | None, noun_labels: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(verb_labels, noun_labels)``, taken from the conventional ``labels`` ``(B, 2)`` when it is passed.
+
+    ``labels`` is not a named argument of the forward: `transformers.Trainer` takes every argument whose name contains
+    "label" for a label it must find in each batch, and the batches carry ``verb_labels`` and ``noun_labels``.
+    """
+    labels = kwargs.pop("labels", None)
+    if kwargs:
+        raise TypeError(f"{model_name}.forward() got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
+    if labels is None:
+        return verb_labels, noun_labels
+    if verb_labels is not None or noun_labels is not None:
+        raise ValueError("Pass either `labels` (B, 2) or `verb_labels` and `noun_labels` (B,), not both.")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.shape[1] != 2:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(
+            f"`labels` must be a (B, 2) tensor of [verb, noun] class ids (the model has a verb head and a noun head), "
+            f"got {shape}; or pass `verb_labels` (B,) and `noun_labels` (B,)."
+        )
+    return labels[:, 0], labels[:, 1]
 
 
 def _check_labels(name: str, labels: torch.Tensor, num_classes: int, batch_size: int) -> None:
@@ -432,6 +562,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         noun_labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs: Any,
     ) -> MambaVLActionRecognitionOutput | tuple[torch.Tensor, ...]:
         """Classify the verb and the noun of each clip.
 
@@ -440,13 +572,18 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             noun_input_ids, noun_attention_mask, output_hidden_states: as in :meth:`MambaVLModel.forward`.
             verb_labels: ``(B,)`` verb class ids (``-100`` ignored), for the loss.
             noun_labels: ``(B,)`` noun class ids (``-100`` ignored), for the loss.
-            return_dict: return a :class:`MambaVLActionRecognitionOutput` (default) rather than a tuple.
+            return_dict: return a :class:`MambaVLActionRecognitionOutput` rather than a tuple (default:
+                ``config.return_dict``).
+            output_attentions: as in :meth:`MambaVLModel.forward`.
+            **kwargs: only ``labels``, the conventional name: a ``(B, 2)`` integer tensor of ``[verb, noun]`` class
+                ids, instead of ``verb_labels`` and ``noun_labels``.
 
         Returns:
             :class:`MambaVLActionRecognitionOutput` with ``verb_logits (B, num_verb_classes)``,
             ``noun_logits (B, num_noun_classes)`` and, with labels, ``loss = verb_loss + noun_loss``.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        verb_labels, noun_labels = _labels_from_kwargs(type(self).__name__, kwargs, verb_labels, noun_labels)
         out = self.mambavl(
             pixel_values=pixel_values,
             video_features=video_features,
@@ -456,6 +593,7 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             noun_attention_mask=noun_attention_mask,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            output_attentions=output_attentions,
         )
         verb_logits = self.verb_head(self.dropout(out.verb_features))
         noun_logits = self.noun_head(self.dropout(out.noun_features))
@@ -480,6 +618,9 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             noun_features=out.noun_features,
             video_hidden_states=out.video_hidden_states,
             hidden_states=out.hidden_states,
+            video_attentions=out.video_attentions,
+            verb_question_attentions=out.verb_question_attentions,
+            noun_question_attentions=out.noun_question_attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -498,7 +639,7 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         """
         from .metrics import rank_actions
 
-        inputs = {key: value for key, value in inputs.items() if key not in ("verb_labels", "noun_labels")}
+        inputs = {key: value for key, value in inputs.items() if key not in ("verb_labels", "noun_labels", "labels")}
         out = self(**inputs, return_dict=True)
         verb_ids, noun_ids, scores = rank_actions(out.verb_logits.float(), out.noun_logits.float(), k=k)
         verbs, nouns = self.config.verb_id2label or {}, self.config.noun_id2label or {}

@@ -47,6 +47,38 @@ class ScanInputs(NamedTuple):
     z: torch.Tensor
 
 
+def _channels_first_linear(module: nn.Module, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+    """``module(x)`` for ``x (b, l, in)``, returned channels first: a contiguous ``(b, out, l)``.
+
+    A plain ``nn.Linear`` (no hooks) is applied as one ``weight @ x^T`` matmul that writes the scan layout directly
+    (no transposing copy). Anything else (a PEFT/LoRA wrapper, a quantized linear, a module with hooks) runs through
+    its own forward, so that whatever it adds to the plain product (and its gradients) is kept.
+
+    Args:
+        module: a linear layer ``in -> out`` (``nn.Linear`` or a wrapper of one).
+        x: ``(b, l, in)``.
+        add_bias: include the module's bias; with ``False`` the result is ``module(x) - bias`` (the selective scan
+            adds the ``dt_proj`` bias itself).
+
+    Returns:
+        ``(b, out, l)``, contiguous.
+    """
+    plain = type(module) is nn.Linear and not (
+        module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
+        or nn.modules.module._global_forward_pre_hooks
+    )  # fmt: skip
+    if plain:
+        out = torch.matmul(module.weight, x.transpose(1, 2))
+        if add_bias and module.bias is not None:
+            out = out + module.bias[:, None]
+        return out
+    out = module(x)
+    bias = getattr(module, "bias", None)
+    if not add_bias and isinstance(bias, torch.Tensor):
+        out = out - bias.to(out.dtype)
+    return out.transpose(1, 2).contiguous()
+
+
 class SelectiveMixer(nn.Module):
     """The modality-specific part of a Mamba mixer: everything but the state matrix ``A``.
 
@@ -76,14 +108,12 @@ class SelectiveMixer(nn.Module):
         The projections are written straight into the scan layout (channels first, time contiguous), as in
         mamba-ssm's own mixer, so the CUDA kernels get their inputs without copies.
         """
-        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))  # (b, 2 * d_inner, l), contiguous
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None]
+        xz = _channels_first_linear(self.in_proj, hidden_states)  # (b, 2 * d_inner, l), contiguous
         x, z = xz.chunk(2, dim=1)
         x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, rank + 2N)
         dt, B, C = x_dbl.split([self.time_step_rank, self.state_size, self.state_size], dim=-1)
-        delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (b, d_inner, l); bias added by the scan
+        delta = _channels_first_linear(self.dt_proj, dt, add_bias=False)  # (b, d_inner, l); bias added by the scan
         return ScanInputs(x, delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), z)
 
     def forward(self, hidden_states: torch.Tensor, A: torch.Tensor, backend: str = "auto") -> torch.Tensor:

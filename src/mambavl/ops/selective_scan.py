@@ -264,8 +264,11 @@ def _time_major_dt(delta, delta_bias, delta_softplus):
     dt = _time_major(delta)  # transposing copies are kept apart from arithmetic (faster)
     if delta_bias is not None:
         dt.add_(delta_bias)
-    if delta_softplus:  # in place (F.softplus has no in-place form): one fresh (l, b, d) block fewer
-        torch.ops.aten.softplus.out(dt, 1, 20, out=dt)
+    if delta_softplus:
+        if torch.compiler.is_compiling():  # torch.export / compile cannot trace an `out=` that aliases its input
+            dt = F.softplus(dt)
+        else:  # in place (F.softplus has no in-place form): one fresh (l, b, d) block fewer
+            torch.ops.aten.softplus.out(dt, 1, 20, out=dt)
     return dt
 
 
