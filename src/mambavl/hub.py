@@ -140,11 +140,16 @@ def _base_models(config: Any) -> list[str]:
     return [i for i in ids if i]
 
 
+_NOT_METRICS = ("samples", "runtime", "per_second", "epoch", "step", "num_", "flos")
+
+
 def _finite_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     out = {}
     for key, value in (metrics or {}).items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            continue  # counts, lists and predictions are not card metrics
+            continue  # lists and predictions are not card metrics
+        if any(word in str(key) for word in _NOT_METRICS):
+            continue  # counts and speeds neither
         out[str(key)] = float(value)
     return out
 
@@ -259,7 +264,7 @@ def model_card(
     name = repo_id or "path/to/model"
     lines = [_CARD_MARKER, "", f"# {Path(name).name if repo_id else 'MambaVL'}", ""]
     lines.append(
-        f"A [MambaVL](https://github.com/mambavl/mambavl) model for egocentric {task} (`{model_class}`): video "
+        f"A [MambaVL](https://mambavl.readthedocs.io) model for egocentric {task} (`{model_class}`): video "
         "tokens and the tokens of verb and noun questions whose action words are masked are fused by selective "
         "state-space (Mamba) layers whose state matrix A is shared by both modalities; verb and noun heads classify "
         "the fused features (*Mamba Fusion: Learning Actions Through Questioning*)."
@@ -378,7 +383,7 @@ def _is_processor(obj: Any) -> bool:
     return isinstance(obj, ProcessorMixin)
 
 
-def write_hub_files(folder: str | os.PathLike, obj: Any, *, replace_card: bool = True) -> None:
+def write_hub_files(folder: str | os.PathLike, obj: Any, *, repo_id: str | None = None) -> None:
     """Write ``mambavl_auto.py`` and the model card of a model or processor into a saved folder.
 
     A processor saved on its own writes a card only when the folder has none (the model's card describes both).
@@ -386,10 +391,10 @@ def write_hub_files(folder: str | os.PathLike, obj: Any, *, replace_card: bool =
     folder = Path(folder)
     write_stub(folder)
     if _is_processor(obj):
-        if not (folder / CARD_FILE).is_file() or (replace_card and _card_is_transformers_default(folder)):
-            write_model_card(folder, processor=obj)
+        if not (folder / CARD_FILE).is_file() or _card_is_transformers_default(folder):
+            write_model_card(folder, processor=obj, repo_id=repo_id)
     else:
-        write_model_card(folder, obj)
+        write_model_card(folder, obj, repo_id=repo_id)
 
 
 def _card_is_transformers_default(folder: Path) -> bool:
@@ -425,7 +430,7 @@ class MambaVLHubMixin:
     ) -> Any:
         # Called by push_to_hub (after transformers wrote its generic card into working_dir) and by
         # save_pretrained(push_to_hub=True): put the MambaVL card and stub there and make sure they are uploaded.
-        write_hub_files(working_dir, self)
+        write_hub_files(working_dir, self, repo_id=repo_id)
         kept = {k: v for k, v in files_timestamps.items() if k not in (CARD_FILE, STUB_FILE)}
         return super()._upload_modified_files(working_dir, repo_id, kept, **kwargs)
 
