@@ -153,13 +153,96 @@ def test_bad_input_gets_a_clear_error(kwargs, error, message):
         make_processor()(**kwargs)
 
 
-def test_long_questions_are_truncated_with_a_log_line(caplog):
+def test_long_questions_are_truncated_keeping_mask_tokens_with_one_log_line(caplog):
     processor = make_processor(minilm_tokenizer(), max_question_length=8)
-    question = "what is the person doing to the object in this long video clip today?"
+    tokenizer = processor.tokenizer
+    question = "what is the person doing in this long video clip today with the [MASK] and the [MASK]?"
+    assert len(tokenizer(question)["input_ids"]) > 8
     with caplog.at_level(logging.WARNING, logger="mambavl.processing_mambavl"):
-        batch = processor(videos=clips(1), questions=[(question, "what?")])
-    assert batch["verb_input_ids"].shape[1] == 8
-    assert any("truncated" in r.message and "max_question_length=8" in r.message for r in caplog.records)
+        batch = processor(videos=clips(2), text=[question, "what?"])
+        processor(videos=clips(1), text=question)  # the same situation again: no second message
+    ids = batch["verb_input_ids"][0].tolist()
+    assert len(ids) == 8 and batch["verb_attention_mask"][0].tolist() == [1] * 8
+    assert ids.count(tokenizer.mask_token_id) == 2  # plain right truncation would have cut both
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert processor.decode(ids).startswith("what is the person")
+    messages = [r.message for r in caplog.records if "truncated" in r.message]
+    assert len(messages) == 1 and "longer than 8 tokens" in messages[0] and "mask tokens" in messages[0]
+
+    with pytest.raises(ValueError, match="longer than 8 tokens"):
+        processor(videos=clips(1), text=question, truncation=False)
+    with pytest.raises(ValueError, match="without cutting a mask token"):
+        processor(videos=clips(1), text="[MASK] " * 7, max_length=6)
+
+
+def test_question_length_never_exceeds_the_text_encoders_position_limit():
+    tokenizer = minilm_tokenizer()
+    tokenizer.model_max_length = 10  # the text encoder's position limit
+    processor = make_processor(tokenizer, max_question_length=64)
+    batch = processor(videos=clips(1), text="what is " * 20 + "the [MASK]?", max_length=100)
+    assert batch["verb_input_ids"].shape[1] == 10
+    assert tokenizer.mask_token_id in batch["verb_input_ids"][0].tolist()
+
+
+def test_user_questions_as_text_padding_max_length_and_numpy_output():
+    processor = make_processor(minilm_tokenizer())
+    own = "what is the person doing with the [MASK]?"
+    batch = processor(videos=clips(2), text=own, padding="max_length", max_length=16, return_tensors="np")
+    assert isinstance(batch["pixel_values"], np.ndarray) and isinstance(batch["verb_input_ids"], np.ndarray)
+    assert batch["verb_input_ids"].shape == (2, 16) and batch["noun_attention_mask"].shape == (2, 16)
+    assert processor.batch_decode(batch["verb_input_ids"].tolist()) == [own] * 2
+    # One question per clip, or (verb question, noun question) pairs; known actions are masked as usual.
+    per_clip = processor(videos=clips(2), text=["which door did they open?", ("what did they do?", "with what?")],
+                         verbs=[2, None], nouns=[2, None])  # fmt: skip
+    assert processor.batch_decode(per_clip["verb_input_ids"]) == ["which [MASK] did they [MASK]?", "what did they do?"]
+    assert processor.batch_decode(per_clip["noun_input_ids"])[1] == "with what?"
+    with pytest.raises(ValueError, match="not both"):
+        processor(videos=clips(1), text=own, questions=[(own, own)])
+    with pytest.raises(ValueError, match="2 questions for a batch of 1"):
+        processor(videos=clips(1), text=[own, own])
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(videos=clips(1), return_tensors="tf")
+
+
+def test_structured_videos_kwargs_and_text_kwargs():
+    processor = make_processor(minilm_tokenizer())
+    batch = processor(
+        videos=clips(2),
+        videos_kwargs={"num_frames": 2, "crop_size": 8},
+        text_kwargs={"padding": "max_length", "max_length": 12},
+    )
+    assert batch["pixel_values"].shape == (2, 2, 3, 8, 8) and batch["verb_input_ids"].shape == (2, 12)
+    with pytest.raises(TypeError, match="text_kwargs"):
+        processor(videos=clips(1), text_kwargs={"stride": 2})
+    with pytest.raises(TypeError, match="unexpected argument"):
+        processor(videos=clips(1), videos_kwargs={"num_frame": 2})
+
+
+def test_channels_first_videos_are_detected():
+    processor = make_processor()
+    clip = clips(1)[0]
+    channels_last = processor(videos=[clip])["pixel_values"]
+    channels_first = processor(videos=[clip.transpose(0, 3, 1, 2)])["pixel_values"]
+    assert torch.equal(channels_first, channels_last)
+    as_tensor = processor(videos=[torch.from_numpy(clip).permute(0, 3, 1, 2)])["pixel_values"]
+    assert torch.equal(as_tensor, channels_last)
+
+
+def test_from_pretrained_applies_overrides_and_refuses_unknown_ones(tmp_path):
+    processor = make_processor(minilm_tokenizer())
+    processor.save_pretrained(tmp_path)
+    loaded = MambaVLProcessor.from_pretrained(tmp_path, do_normalize=False, num_frames=8, max_question_length=12)
+    assert loaded.video_processor.do_normalize is False and loaded.video_processor.num_frames == 8
+    assert loaded.max_question_length == 12
+    assert "num_frames" not in loaded.tokenizer.init_kwargs  # the overrides do not leak into the tokenizer
+    batch = loaded(videos=clips(1, frames=20))
+    assert batch["pixel_values"].shape[1] == 8 and batch["pixel_values"].min() >= 0  # not normalized
+    auto = AutoProcessor.from_pretrained(tmp_path, num_frames=3)
+    assert type(auto) is MambaVLProcessor and auto.video_processor.num_frames == 3
+    nested = MambaVLProcessor.from_pretrained(tmp_path, videos_kwargs={"crop_size": 8})
+    assert nested.video_processor.crop_size == {"height": 8, "width": 8}
+    with pytest.raises(TypeError, match="num_frame"):
+        MambaVLProcessor.from_pretrained(tmp_path, num_frame=8)
 
 
 def test_batch_decode_shows_masked_questions_and_questions_are_right_padded():

@@ -17,6 +17,7 @@ from .configuration_mambavl import MambaVLConfig
 from .fusion import build_fusion
 from .fusion.common import masked_mean
 from .fusion.ssm_fusion import SelectiveMixer, SSMFusion, init_fusion_weights, init_mixer_weights
+from .hub import MambaVLHubMixin
 from .metrics import IGNORE_INDEX
 
 __all__ = [
@@ -206,9 +207,9 @@ class MambaVLTextEncoder(nn.Module):
         return (hidden, attentions) if output_attentions else hidden
 
 
-class MambaVLPreTrainedModel(PreTrainedModel):
-    """Base class of MambaVL models: weight initialisation, loading and saving (safetensors), and
-    :meth:`from_pretrained_backbones`."""
+class MambaVLPreTrainedModel(MambaVLHubMixin, PreTrainedModel):
+    """Base class of MambaVL models: weight initialisation, loading and saving (safetensors; ``save_pretrained`` also
+    writes a model card and the ``auto_map`` of :mod:`mambavl.hub`), and :meth:`from_pretrained_backbones`."""
 
     config: MambaVLConfig
     config_class = MambaVLConfig

@@ -13,8 +13,10 @@ import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .hub import MambaVLHubMixin, processor_auto_map
 from .metrics import IGNORE_INDEX
 from .questions import QuestionBuilder
+from .video_processing_mambavl import _CONFIG_KEYS as VIDEO_CONFIG_KEYS
 from .video_processing_mambavl import MambaVLVideoProcessor
 
 __all__ = ["MambaVLProcessor"]
@@ -22,7 +24,7 @@ __all__ = ["MambaVLProcessor"]
 logger = logging.getLogger(__name__)
 
 
-class MambaVLProcessor(ProcessorMixin):
+class MambaVLProcessor(MambaVLHubMixin, ProcessorMixin):
     r"""Prepares clips and questions for :class:`~mambavl.MambaVLForActionRecognition`.
 
     It combines a :class:`~mambavl.MambaVLVideoProcessor` (frames -> ``pixel_values``), any Hugging Face tokenizer
@@ -46,8 +48,9 @@ class MambaVLProcessor(ProcessorMixin):
         verb_classes: verb class names, index = class id (names are needed to build training questions from
             class ids).
         noun_classes: noun class names, index = class id.
-        max_question_length: questions are tokenized to at most this many tokens; longer ones are truncated with a
-            logged warning.
+        max_question_length: questions are tokenized to at most this many tokens (and never more than the
+            tokenizer's ``model_max_length``, the text encoder's position limit); longer ones are truncated, keeping
+            their special and mask tokens, with one logged warning (see ``truncation`` in :meth:`__call__`).
 
     Example:
 
@@ -150,18 +153,51 @@ class MambaVLProcessor(ProcessorMixin):
     def _get_arguments_from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, processor_dict: dict | None = None, **kwargs: Any
     ) -> list[Any]:
-        kwargs.pop("trust_remote_code", None)
-        hub = ("subfolder", "cache_dir", "force_download", "local_files_only", "token", "revision")
-        video_processor = MambaVLVideoProcessor.from_pretrained(
-            pretrained_model_name_or_path, **{k: kwargs[k] for k in hub if k in kwargs}
-        )
-        tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs and k != "trust_remote_code"}
+        video_processor = MambaVLVideoProcessor.from_pretrained(pretrained_model_name_or_path, **hub)
+        tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **hub)
         return [video_processor, tokenizer]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> MambaVLProcessor:
+        """Load a processor saved with :meth:`save_pretrained` (a folder or a Hub id).
+
+        Keyword arguments override the saved settings: the video processor's (``num_frames``, ``do_normalize``,
+        ``crop_size``, ...; or as a dict ``videos_kwargs``), this class's (``max_question_length``,
+        ``verb_classes``, ...), plus the usual Hub arguments (``revision``, ``local_files_only``, ``token``, ...).
+        An unknown keyword is a ``TypeError``, not silently dropped.
+
+        Example::
+
+            processor = MambaVLProcessor.from_pretrained("runs/demo/run/model", num_frames=8, do_normalize=False)
+        """
+        video_overrides = dict(kwargs.pop("videos_kwargs", None) or {})
+        video_overrides.update({k: kwargs.pop(k) for k in list(kwargs) if k in VIDEO_CONFIG_KEYS})
+        unknown = sorted(k for k in kwargs if k not in _HUB_KWARGS and k not in _INIT_KWARGS and not k.startswith("_"))
+        if unknown:
+            raise TypeError(
+                f"MambaVLProcessor.from_pretrained got unexpected argument(s) {unknown}; it accepts the video "
+                f"processor's settings {list(VIDEO_CONFIG_KEYS)}, the processor's {list(_INIT_KWARGS)} and the Hub "
+                f"arguments {list(_HUB_KWARGS)}."
+            )
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if video_overrides:
+            current = {key: getattr(processor.video_processor, key) for key in VIDEO_CONFIG_KEYS}
+            processor.video_processor = MambaVLVideoProcessor(**{**current, **video_overrides})
+        return processor
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``processor_config.json`` content, with the ``auto_map`` that lets ``AutoProcessor`` load the folder
+        without ``import mambavl`` (see :mod:`mambavl.hub`)."""
+        output = super().to_dict()
+        output["auto_map"] = {**(output.get("auto_map") or {}), **processor_auto_map()}
+        return output
 
     # -- processing ------------------------------------------------------------------------------------------------
     def __call__(
         self,
         videos: Any = None,
+        text: str | Sequence[str] | Sequence[tuple[str, str]] | None = None,
         verbs: Sequence[int | str | None] | None = None,
         nouns: Sequence[int | str | None] | None = None,
         questions: Sequence[tuple[str, str]] | None = None,
@@ -170,19 +206,28 @@ class MambaVLProcessor(ProcessorMixin):
         training: bool = False,
         keys: Sequence[str] | None = None,
         seed: int | Sequence[int] | None = None,
-        return_tensors: str = "pt",
+        padding: bool | str = True,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+        videos_kwargs: Mapping[str, Any] | None = None,
+        text_kwargs: Mapping[str, Any] | None = None,
         **video_kwargs: Any,
     ) -> BatchFeature:
         """Prepare a batch.
 
         Args:
-            videos: clips for the video processor: one clip (``(T, H, W, C)`` uint8 array/tensor, or a list of
-                ``H x W x C`` frames) or a list of clips.
+            videos: clips for the video processor: one clip (``(T, H, W, C)`` uint8 array/tensor, a list of
+                ``H x W x C`` frames, or channels-first ``(T, C, H, W)``, detected) or a list of clips.
+            text: your own question(s) instead of the built ones ("question answering for action recognition"): one
+                string for every clip, a list with one string per clip (each used as both the verb and the noun
+                question), or a list of ``(verb_question, noun_question)`` pairs. Put the tokenizer's mask token
+                where the answer goes (``"What is the person doing with the [MASK]?"``); with known verbs and nouns
+                the action words are also masked by the question builder's rules, so no question leaks a label.
             verbs: per clip, a verb class id (int: also returned as ``verb_labels``), a verb name (str: used for
                 training questions only), or None.
             nouns: per clip, a noun class id, a noun name, or None.
-            questions: per clip, your own ``(verb_question, noun_question)``; they are masked with the clip's verb
-                and noun when known. Default: built by the question builder.
+            questions: per clip, your own ``(verb_question, noun_question)`` (the same as pairs in ``text``).
             video_features: precomputed video tokens instead of ``videos``: a ``(B, F, D)`` array/tensor or a list of
                 ``(F, D)`` ones (same ``F``).
             training: training mode: action-aware masked questions and random video augmentation. Otherwise
@@ -191,7 +236,16 @@ class MambaVLProcessor(ProcessorMixin):
             seed: seeds the random choices of this call (question templates, crops), for reproducible training; a
                 list gives each clip its own seed, so that a clip's questions and crop do not depend on which
                 clips share its batch (e.g. on how many processes split the batch).
-            return_tensors: only ``"pt"`` is supported.
+            padding: ``True`` / ``"longest"`` (pad to the longest question of the batch) or ``"max_length"`` (pad to
+                ``max_length``); always on the right. ``False`` / ``"do_not_pad"`` needs questions of one length.
+            truncation: questions longer than ``max_length`` tokens are truncated (``True``, or ``None``: the
+                default, with one log message) without ever cutting a mask token; ``False`` raises instead.
+            max_length: token limit of a question (special tokens included); default ``max_question_length``, and
+                never more than the tokenizer's ``model_max_length`` (the text encoder's position limit).
+            return_tensors: ``"pt"`` (PyTorch tensors) or ``"np"`` (NumPy arrays).
+            videos_kwargs: settings for the video processor for this call (``num_frames``, ``crop_size``, ...);
+                the same as passing them as keywords.
+            text_kwargs: ``padding``, ``truncation``, ``max_length`` as a dict (the ``ProcessorMixin`` convention).
             **video_kwargs: overrides for the video processor (``num_frames``, ``crop_size``, ...).
 
         Returns:
@@ -199,12 +253,23 @@ class MambaVLProcessor(ProcessorMixin):
             ``verb_input_ids``, ``verb_attention_mask`` ``(B, Lv)``, ``noun_input_ids``, ``noun_attention_mask``
             ``(B, Ln)``, and ``verb_labels``/``noun_labels`` ``(B,)`` when class ids were given.
         """
-        if return_tensors != "pt":
-            raise ValueError(
-                f"MambaVLProcessor returns PyTorch tensors only (return_tensors='pt'), got {return_tensors!r}."
-            )
+        if return_tensors is not None and getattr(return_tensors, "value", return_tensors) not in ("pt", "np"):
+            raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
+        return_tensors = getattr(return_tensors, "value", return_tensors) or "pt"
         if (videos is None) == (video_features is None):
             raise ValueError("Pass exactly one of `videos` or `video_features`.")
+        if text_kwargs:
+            unknown = sorted(set(text_kwargs) - {"padding", "truncation", "max_length", "return_tensors"})
+            if unknown:
+                raise TypeError(
+                    f"`text_kwargs` has unsupported key(s) {unknown}: the questions take padding, truncation and "
+                    "max_length."
+                )
+            padding = text_kwargs.get("padding", padding)
+            truncation = text_kwargs.get("truncation", truncation)
+            max_length = text_kwargs.get("max_length", max_length)
+        video_kwargs = {**dict(videos_kwargs or {}), **video_kwargs}
+        video_kwargs.pop("return_tensors", None)
         data: dict[str, Any] = {}
         if videos is not None:
             data["pixel_values"] = self.video_processor(
@@ -212,23 +277,52 @@ class MambaVLProcessor(ProcessorMixin):
             )["pixel_values"]
             batch = data["pixel_values"].shape[0]
         else:
+            if video_kwargs:
+                raise TypeError(f"Video processor settings {sorted(video_kwargs)} do not apply to `video_features`.")
             data["video_features"] = _stack_features(video_features)
             batch = data["video_features"].shape[0]
 
+        if text is not None:
+            if questions is not None:
+                raise ValueError("Pass your questions as `text` or as `questions`, not both.")
+            questions = self._questions_from_text(text, batch)
         verb_names, verb_labels = self._labels(verbs, "verbs", self.verb_classes, batch)
         noun_names, noun_labels = self._labels(nouns, "nouns", self.noun_classes, batch)
         verb_questions, noun_questions = self.build_questions(
             verb_names, noun_names, questions, training=training, keys=keys, seed=seed
         )
+        limit = self._length_limit(max_length)
         for name, texts in (("verb", verb_questions), ("noun", noun_questions)):
-            encoded = self._tokenize(texts, name)
-            data[f"{name}_input_ids"] = encoded["input_ids"]
-            data[f"{name}_attention_mask"] = encoded["attention_mask"]
+            ids, mask = self._tokenize(texts, name, limit, padding, truncation)
+            data[f"{name}_input_ids"] = ids
+            data[f"{name}_attention_mask"] = mask
         if verb_labels is not None:
             data["verb_labels"] = verb_labels
         if noun_labels is not None:
             data["noun_labels"] = noun_labels
+        if return_tensors == "np":
+            data = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+            return BatchFeature(data)
         return BatchFeature(data, tensor_type="pt")
+
+    @staticmethod
+    def _questions_from_text(text: Any, batch: int) -> list[tuple[str, str]]:
+        """``text`` (one question, one per clip, or pairs) as one ``(verb_question, noun_question)`` pair per clip."""
+        if isinstance(text, str):
+            return [(text, text)] * batch
+        if not isinstance(text, Sequence) or isinstance(text, bytes):
+            raise TypeError(f"`text` must be a question (str) or a list of them, got {type(text).__name__}.")
+        if len(text) != batch:
+            raise ValueError(f"`text` has {len(text)} questions for a batch of {batch} clips.")
+        pairs = []
+        for i, item in enumerate(text):
+            if isinstance(item, str):
+                pairs.append((item, item))
+            elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(q, str) for q in item):
+                pairs.append((item[0], item[1]))
+            else:
+                raise ValueError(f"`text[{i}]` must be a question (str) or a (verb_question, noun_question) pair.")
+        return pairs
 
     def build_questions(
         self,
@@ -297,20 +391,73 @@ class MambaVLProcessor(ProcessorMixin):
         labels = torch.tensor([IGNORE_INDEX if v is None else v for v in values], dtype=torch.long)
         return names, labels
 
-    def _tokenize(self, texts: list[str], name: str) -> Any:
-        limit = self.max_question_length
-        encoded = self.tokenizer(texts, padding=True, return_tensors="pt", return_attention_mask=True)
-        lengths = encoded["attention_mask"].sum(dim=1).tolist()  # right padding: valid tokens, specials included
-        too_long = [i for i, n in enumerate(lengths) if n > limit]
-        if not too_long:  # the usual case: one tokenization
-            return encoded
-        logger.warning(
-            "%d %s question(s) longer than max_question_length=%d tokens were truncated (e.g. %r, %d tokens).",
-            len(too_long), name, limit, texts[too_long[0]], lengths[too_long[0]],
-        )  # fmt: skip
-        return self.tokenizer(
-            texts, padding=True, truncation=True, max_length=limit, return_tensors="pt", return_attention_mask=True
-        )
+    def _length_limit(self, max_length: int | None) -> int:
+        """Token limit of a question: ``max_length`` (or ``max_question_length``), capped by the text encoder's
+        position limit (the tokenizer's ``model_max_length``)."""
+        limit = self.max_question_length if max_length is None else max_length
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 3:
+            raise ValueError(f"`max_length` must be an integer >= 3, got {max_length!r}.")
+        position_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(position_limit, int) and 3 <= position_limit < limit:
+            limit = position_limit
+        return limit
+
+    def _tokenize(
+        self, texts: list[str], name: str, limit: int, padding: bool | str = True, truncation: bool | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` ``(B, L)`` of the questions, right-padded, each at most ``limit`` tokens.
+
+        A longer question loses its last ordinary tokens; special tokens ([CLS], [SEP], ...) and mask tokens are
+        always kept, so truncation never removes the place of an answer.
+        """
+        if padding in (True, "longest"):
+            pad_to = None
+        elif padding == "max_length":
+            pad_to = limit
+        elif padding in (False, "do_not_pad"):
+            pad_to = False
+        else:
+            raise ValueError(f"`padding` must be True, 'longest', 'max_length' or False, got {padding!r}.")
+        if truncation not in (None, True, False, "longest_first", "only_first", "do_not_truncate"):
+            raise ValueError(f"`truncation` must be None, True or False, got {truncation!r}.")
+        encoded = self.tokenizer(texts, add_special_tokens=True, padding=False, truncation=False, verbose=False)
+        rows = [list(ids) for ids in encoded["input_ids"]]
+        too_long = [i for i, ids in enumerate(rows) if len(ids) > limit]
+        if too_long:
+            if truncation in (False, "do_not_truncate"):
+                i = too_long[0]
+                raise ValueError(
+                    f"{len(too_long)} {name} question(s) are longer than {limit} tokens (e.g. {texts[i]!r}, "
+                    f"{len(rows[i])} tokens); shorten them, raise `max_length` (at most the text encoder's limit), "
+                    "or pass truncation=True."
+                )
+            keep = set(self.tokenizer.all_special_ids) - {self.tokenizer.unk_token_id}  # specials, the mask token
+            keep.add(self.tokenizer.mask_token_id)
+            for i in too_long:
+                rows[i] = _truncate_keeping(rows[i], limit, keep, texts[i], name)
+            if not getattr(self, "_truncation_logged", False):
+                logger.warning(
+                    "%d %s question(s) longer than %d tokens were truncated, keeping their mask tokens "
+                    "(e.g. %r, %d tokens).",
+                    len(too_long), name, limit, texts[too_long[0]], len(encoded["input_ids"][too_long[0]]),
+                )  # fmt: skip
+                self._truncation_logged = True  # once per processor: a dataset's long questions are alike
+        lengths = [len(ids) for ids in rows]
+        width = max(lengths)
+        if pad_to is False:
+            if len(set(lengths)) > 1:
+                raise ValueError(
+                    f"padding=False needs {name} questions of one length to make a tensor, got lengths {lengths}."
+                )
+        elif pad_to is not None:
+            width = max(width, pad_to)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids, mask
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
         """Decode question ids back to text, keeping the mask tokens visible (padding and other special tokens are
@@ -334,6 +481,33 @@ class MambaVLProcessor(ProcessorMixin):
             "pixel_values", "video_features", "verb_input_ids", "verb_attention_mask", "noun_input_ids",
             "noun_attention_mask",
         ]  # fmt: skip
+
+
+_HUB_KWARGS = (
+    "cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies",
+    "trust_remote_code", "code_revision",
+)  # fmt: skip
+_INIT_KWARGS = ("question_config", "verb_classes", "noun_classes", "max_question_length")
+
+
+def _truncate_keeping(ids: list[int], limit: int, keep: set[int], text: str, name: str) -> list[int]:
+    """The first ``limit`` tokens of ``ids``, except that every token in ``keep`` (special and mask tokens) stays:
+    the ordinary tokens dropped are the last ones."""
+    required = sum(1 for i in ids if i in keep)
+    if required > limit:
+        raise ValueError(
+            f"The {name} question {text!r} has {required} special and mask tokens, more than the limit of {limit} "
+            "tokens: it cannot be truncated without cutting a mask token; shorten it."
+        )
+    budget = limit - required
+    out = []
+    for token in ids:
+        if token in keep:
+            out.append(token)
+        elif budget > 0:
+            out.append(token)
+            budget -= 1
+    return out
 
 
 def _class_names(names: Sequence[str] | None, argname: str) -> list[str] | None:

@@ -27,7 +27,8 @@ Pipeline, for each clip:
    (ImageNet by default).
 
 Inputs (``videos``), channels-last ``(..., H, W, C)`` by default (``input_data_format=
-"channels_first"`` for ``(..., C, H, W)``):
+"channels_first"`` for ``(..., C, H, W)``). Frames whose layout contradicts the setting but fits the other one
+(``(T, 3, H, W)`` with ``W != 3`` under ``"channels_last"``, and the reverse) are read in the layout they have:
 
 - one clip: a list of ``(H, W, 3)`` uint8 frames (NumPy arrays, torch tensors or RGB PIL images),
   or a ``(T, H, W, 3)`` array / tensor;
@@ -559,6 +560,10 @@ class MambaVLVideoProcessor(VideoProcessorMixin):
                 f"got {_describe(clip)}"
             )
 
+        if channels_last and frame_shape[-1] != 3 and frame_shape[0] == 3:
+            channels_last, layout = False, "(C, H, W)"  # channels-first frames, detected
+        elif not channels_last and frame_shape[0] != 3 and frame_shape[-1] == 3:
+            channels_last, layout = True, "(H, W, C)"  # channels-last frames, detected
         num_channels = frame_shape[-1] if channels_last else frame_shape[0]
         if num_channels != 3:
             raise ValueError(
