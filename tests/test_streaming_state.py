@@ -149,3 +149,24 @@ def test_constant_memory_over_10000_one_token_steps(pool_window):
     if pool_window is not None:  # the pooling memory is bounded by the window: W tokens of width D
         assert cache.pool_state.numel() == 1 * pool_window * 8
     assert all(torch.isfinite(t.float()).all() for t in cache.to_tensors())
+
+
+def test_streaming_benchmark_smoke(tmp_path):
+    """benchmarks/streaming.py at toy sizes: one row per history, ratios from the same run, CSV + table + plot."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "streaming.py"
+    spec = importlib.util.spec_from_file_location("streaming_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--histories", "32,64", "--hidden-size", "16", "--window", "48", "--repeats", "1",
+                "--output-dir", str(tmp_path)])  # fmt: skip
+    rows = bench.harness.read_csv(tmp_path / "streaming_cpu.csv")
+    assert [r["history"] for r in rows] == [32, 64]
+    for r in rows:
+        assert r["a_ms"] > 0 and r["b_ms"] > 0 and r["c_ms"] > 0
+        assert r["b_over_a"] == pytest.approx(r["b_ms"] / r["a_ms"], rel=1e-2, abs=2e-3)
+    assert rows[0]["c_window_ms"] is None and rows[1]["c_window_ms"] > 0  # 64 + 8 tokens > the 48-token window
+    assert (tmp_path / "streaming_cpu.png").stat().st_size > 0
+    assert "(a) cached step ms" in (tmp_path / "streaming_cpu.md").read_text()
