@@ -13,6 +13,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .cache import MambaVLCache
 from .configuration_mambavl import MambaVLConfig
 from .fusion import build_fusion
 from .fusion.common import masked_mean
@@ -52,6 +53,8 @@ class MambaVLModelOutput(ModelOutput):
             encoder's attention weights on the verb question (one ``(B, heads, Lv, Lv)`` tensor a layer); ``None``
             in ``"embeddings"`` mode, which has no attention. The fusion itself has no attention weights.
         noun_question_attentions: likewise for the noun question.
+        cache: when streaming, the :class:`~mambavl.MambaVLCache` of the stream (updated in place); also readable as
+            ``cache_params`` (the name transformers' Mamba used before 5.x's ``cache``).
     """
 
     video_hidden_states: torch.Tensor | None = None
@@ -66,6 +69,12 @@ class MambaVLModelOutput(ModelOutput):
     video_attentions: tuple[torch.Tensor, ...] | None = None
     verb_question_attentions: tuple[torch.Tensor, ...] | None = None
     noun_question_attentions: tuple[torch.Tensor, ...] | None = None
+    cache: MambaVLCache | None = None
+
+    @property
+    def cache_params(self) -> MambaVLCache | None:
+        """The stream's cache, ``cache`` (``ModelOutput`` maps the old name ``cache_params`` to it)."""
+        return self.cache
 
 
 @dataclass
@@ -84,6 +93,7 @@ class MambaVLActionRecognitionOutput(ModelOutput):
         video_hidden_states: ``(B, F, D)`` fused video tokens.
         hidden_states: see :class:`MambaVLModelOutput`.
         video_attentions, verb_question_attentions, noun_question_attentions: see :class:`MambaVLModelOutput`.
+        cache: see :class:`MambaVLModelOutput` (also ``cache_params``).
     """
 
     loss: torch.Tensor | None = None
@@ -98,6 +108,12 @@ class MambaVLActionRecognitionOutput(ModelOutput):
     video_attentions: tuple[torch.Tensor, ...] | None = None
     verb_question_attentions: tuple[torch.Tensor, ...] | None = None
     noun_question_attentions: tuple[torch.Tensor, ...] | None = None
+    cache: MambaVLCache | None = None
+
+    @property
+    def cache_params(self) -> MambaVLCache | None:
+        """The stream's cache, ``cache`` (``ModelOutput`` maps the old name ``cache_params`` to it)."""
+        return self.cache
 
 
 def _set_frozen(module: nn.Module, frozen: bool) -> None:
@@ -443,6 +459,8 @@ class MambaVLModel(MambaVLPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
+        cache_params: MambaVLCache | None = None,
+        use_cache: bool | None = None,
     ) -> MambaVLModelOutput | tuple[torch.Tensor, ...]:
         """Fuse a video with its verb and noun questions.
 
@@ -458,9 +476,14 @@ class MambaVLModel(MambaVLPreTrainedModel):
             return_dict: return a :class:`MambaVLModelOutput` rather than a tuple (default: ``config.return_dict``).
             output_attentions: also return the video and text encoders' attention weights (default:
                 ``config.output_attentions``; the weights need ``attn_implementation="eager"``).
+            cache_params: a :class:`~mambavl.MambaVLCache` holding a stream's state: the video tokens (features,
+                or the tokens of ``pixel_values``' clip) are its next chunk, of any length >= 1. Updated in place.
+            use_cache: stream: create a cache when ``cache_params`` is ``None`` and return it. A stream's first call
+                needs the questions; later calls may omit them (they are encoded once per stream). After the last
+                chunk the outputs equal one forward over the concatenated video tokens (``fusion_type="mamba"``).
 
         Returns:
-            :class:`MambaVLModelOutput`.
+            :class:`MambaVLModelOutput` (with ``cache_params`` when streaming).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
@@ -468,11 +491,21 @@ class MambaVLModel(MambaVLPreTrainedModel):
         attend = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         video, video_attentions = _split(self.encode_video(pixel_values, video_features, attend), attend)
         batch = video.shape[0]
-        verb, verb_attentions = _split(
-            self.encode_question("verb", verb_input_ids, verb_attention_mask, batch, attend), attend
+        if use_cache or cache_params is not None:
+            if cache_params is None:
+                cache_params = MambaVLCache(self.config, batch, dtype=video.dtype, device=video.device)
+            encode = cache_params.needs_questions(verb_input_ids, noun_input_ids)
+        else:
+            encode = True
+        verb, verb_attentions = (
+            _split(self.encode_question("verb", verb_input_ids, verb_attention_mask, batch, attend), attend)
+            if encode
+            else (None, None)
         )
-        noun, noun_attentions = _split(
-            self.encode_question("noun", noun_input_ids, noun_attention_mask, batch, attend), attend
+        noun, noun_attentions = (
+            _split(self.encode_question("noun", noun_input_ids, noun_attention_mask, batch, attend), attend)
+            if encode
+            else (None, None)
         )
 
         fused = self.fusion(
@@ -482,8 +515,9 @@ class MambaVLModel(MambaVLPreTrainedModel):
             verb_attention_mask,
             noun_attention_mask,
             output_hidden_states=bool(output_hidden_states),
+            **({"cache_params": cache_params} if cache_params is not None else {}),
         )
-        output = MambaVLModelOutput(**fused)
+        output = MambaVLModelOutput(**fused, cache=cache_params)
         if attend:
             output.video_attentions = video_attentions
             output.verb_question_attentions, output.noun_question_attentions = verb_attentions, noun_attentions
@@ -564,6 +598,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
+        cache_params: MambaVLCache | None = None,
+        use_cache: bool | None = None,
         **kwargs: Any,
     ) -> MambaVLActionRecognitionOutput | tuple[torch.Tensor, ...]:
         """Classify the verb and the noun of each clip.
@@ -578,6 +614,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             output_attentions: as in :meth:`MambaVLModel.forward`.
             **kwargs: only ``labels``, the conventional name: a ``(B, 2)`` integer tensor of ``[verb, noun]`` class
                 ids, instead of ``verb_labels`` and ``noun_labels``.
+            cache_params, use_cache: stream the video in chunks, see :meth:`MambaVLModel.forward`; the logits are
+                those of the whole stream so far.
 
         Returns:
             :class:`MambaVLActionRecognitionOutput` with ``verb_logits (B, num_verb_classes)``,
@@ -595,6 +633,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             output_attentions=output_attentions,
+            cache_params=cache_params,
+            use_cache=use_cache,
         )
         verb_logits = self.verb_head(self.dropout(out.verb_features))
         noun_logits = self.noun_head(self.dropout(out.noun_features))
@@ -622,6 +662,7 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             video_attentions=out.video_attentions,
             verb_question_attentions=out.verb_question_attentions,
             noun_question_attentions=out.noun_question_attentions,
+            cache=out.cache,
         )
         return output if return_dict else output.to_tuple()
 
