@@ -32,12 +32,15 @@ from .epic_kitchens import (
 from .synthetic import (
     NOUN_SPECS,
     VERB_SPECS,
+    LongVideoInfo,
     NounSpec,
     SyntheticDatasetInfo,
     VerbSpec,
+    generate_long_videos,
     generate_synthetic_dataset,
     render_clip,
 )
+from .untrimmed import BACKGROUND, ActionSegment, UntrimmedVideoLabels, untrimmed_labels
 from .video import (
     FrameIndexError,
     VideoDecodingError,
@@ -53,22 +56,26 @@ from .video import (
 
 __all__ = [
     "ANNOTATION_COLUMNS",
+    "BACKGROUND",
     "IGNORE_INDEX",
     "LABEL_COLUMNS",
     "NOUN_SPECS",
     "REQUIRED_COLUMNS",
     "VERB_SPECS",
     "ActionClass",
+    "ActionSegment",
     "EK100AnticipationDataset",
     "EK100SegmentDataset",
     "FeatureSource",
     "FrameFolderSource",
     "FrameIndexError",
     "LabelConsistencyReport",
+    "LongVideoInfo",
     "MambaVLCollator",
     "NounSpec",
     "SkippedSegment",
     "SyntheticDatasetInfo",
+    "UntrimmedVideoLabels",
     "VerbSpec",
     "VideoDecodingError",
     "VideoFileSource",
@@ -77,6 +84,7 @@ __all__ = [
     "check_label_consistency",
     "class_names",
     "decode_frames",
+    "generate_long_videos",
     "generate_synthetic_dataset",
     "instances_by_key",
     "label_config",
@@ -91,6 +99,7 @@ __all__ = [
     "sample_frame_indices",
     "seconds_to_timestamp",
     "timestamp_to_seconds",
+    "untrimmed_labels",
     "write_image",
     "write_video",
 ]
