@@ -14,6 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .streaming_cli import (
+    add_online_evaluate_arguments,
+    add_stream_parser,
+    add_streaming_demo_arguments,
+    run_evaluate_online,
+    run_streaming_demo,
+)
+
 __all__ = ["main"]
 
 logger = logging.getLogger("mambavl")
@@ -27,6 +35,7 @@ Commands:
   train      fine-tune on EPIC-KITCHENS-format annotations (videos, frame folders or features)
   evaluate   verb / noun / action accuracy of a saved model on annotated segments
   predict    the top-k actions of a video file (or of a time range in it)
+  stream     online action recognition / anticipation over a whole video, step by step, in constant memory
 
 Examples:
   mambavl demo
@@ -143,16 +152,20 @@ def _demo_parser(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument(
-        "--task", choices=["recognition", "anticipation"], default="recognition",
+        "--task", choices=["recognition", "anticipation", "streaming"], default="recognition",
         help="anticipation: each action follows a visible preparatory motion, and the model sees the 1.5 s that "
-        "end 1 s before the action (EK100 protocol) (default: %(default)s)",
+        "end 1 s before the action (EK100 protocol); streaming: train on clips, then stream held-out untrimmed "
+        "videos with the recurrent state and print online metrics and a timeline (default: %(default)s)",
     )  # fmt: skip
+    add_streaming_demo_arguments(p)
     p.add_argument("--quick", action="store_true", help="a tiny run (few clips, 2 epochs) to check the pipeline")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.task == "streaming":
+        return run_streaming_demo(args)
     from .data import decode_frames
     from .demo import DEFAULT_EPOCHS, OBSERVATION_TIME, build_demo, evaluate_demo, train_demo
 
@@ -329,10 +342,13 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--skip-unreadable", action="store_true")
     p.add_argument("--output", type=Path, help="write the metrics to this JSON file")
     p.add_argument("--verbose", action="store_true")
+    add_online_evaluate_arguments(p)
     p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.task == "online":
+        return run_evaluate_online(args)
     from . import MambaVLProcessor
     from .data import MambaVLCollator
     from .training import evaluate
@@ -398,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for add in (_demo_parser, _train_parser, _evaluate_parser, _predict_parser):
+    for add in (_demo_parser, _train_parser, _evaluate_parser, _predict_parser, add_stream_parser):
         add(sub)
     return parser
 

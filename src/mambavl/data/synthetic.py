@@ -35,7 +35,7 @@ Long videos
 -----------
 :func:`generate_long_videos` renders *untrimmed* videos in the same kitchens, with the same objects and motions:
 many actions in a row (``segments_per_video``, 30 by default, about two minutes) separated by idle gaps of
-``idle_duration`` seconds (0.5-3 s by default) in which nothing happens, so that about a third of the time is
+``idle_duration`` seconds (0.5-2 s by default) in which nothing happens, so that close to half of the time is
 background. They are the held-out streams of online action detection (``mambavl demo --task streaming``); their
 annotations are an EK100-format CSV that :func:`mambavl.data.untrimmed_labels` turns into per-time labels.
 
@@ -1000,7 +1000,7 @@ def generate_long_videos(
     verbs: Sequence[str] | None = None,
     nouns: Sequence[str] | None = None,
     segment_duration: tuple[float, float] = (1.0, 2.0),
-    idle_duration: tuple[float, float] = (0.5, 3.0),
+    idle_duration: tuple[float, float] = (0.5, 2.0),
     preparation_time: float = 0.0,
     anticipation_gap: float = 1.0,
     noise_std: tuple[float, float] = (2.0, 5.0),
