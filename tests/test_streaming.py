@@ -142,3 +142,19 @@ def test_bad_arguments():
         MambaVLStreamer(model, proc).push_features(torch.randn(3, 5))
     with pytest.raises(ValueError, match="questions"):
         MambaVLStreamer(model, proc, questions=("only one",))
+
+
+def test_iter_video_frames_decodes_in_chunks_and_subsamples(tmp_path):
+    from mambavl.data import decode_frames, write_video
+    from mambavl.streaming import iter_video_frames
+
+    frames = np.random.default_rng(0).integers(0, 255, (25, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "v.mp4"
+    write_video(path, frames, 10)
+    chunks = list(iter_video_frames(path, chunk_size=8))
+    assert [c.shape[0] for c, _ in chunks] == [8, 8, 8, 1] and chunks[0][1] == 10.0
+    np.testing.assert_array_equal(np.concatenate([c for c, _ in chunks]), decode_frames(path, range(25)))
+    half = np.concatenate([c for c, _ in iter_video_frames(path, sample_fps=5)])
+    np.testing.assert_array_equal(half, decode_frames(path, range(0, 25, 2)))
+    with pytest.raises(ValueError, match="sample_fps"):
+        next(iter_video_frames(path, sample_fps=0))
