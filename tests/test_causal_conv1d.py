@@ -49,3 +49,31 @@ def test_mixer_scan_inputs_are_time_contiguous():
     hidden = torch.randn(2, 7, 32)
     _, z = mixer.in_proj(hidden).chunk(2, dim=-1)
     torch.testing.assert_close(mixer.scan_inputs(hidden).z, z.transpose(1, 2))
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("cuts", [(1,), (2, 3), (1, 2, 3, 4, 5, 6, 7, 8), (5,)])
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_conv_cut_anywhere_equals_uncut(width, cuts, activation):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, generator=g, dtype=torch.float64)
+    weight, bias = torch.randn(3, width, generator=g, dtype=torch.float64), torch.randn(3, generator=g).double()
+    full, full_state = causal_conv1d(x, weight, bias, activation, return_final_state=True)
+    pieces, state = [], None
+    for t0, t1 in zip((0, *cuts), (*cuts, 9), strict=True):
+        out, state = causal_conv1d(x[..., t0:t1], weight, bias, activation, conv_state=state, return_final_state=True)
+        assert state.shape == (2, 3, width - 1)
+        pieces.append(out)
+    torch.testing.assert_close(torch.cat(pieces, dim=-1), full, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(state, full_state)
+    torch.testing.assert_close(full_state, x[..., 9 - (width - 1) :])
+
+
+def test_conv_final_state_of_a_short_sequence_keeps_the_older_state_columns():
+    x, weight = torch.arange(1.0, 3.0).view(1, 1, 2), torch.ones(1, 4)
+    _, state = causal_conv1d(x, weight, None, None, return_final_state=True)
+    assert state.tolist() == [[[0.0, 1.0, 2.0]]]  # zeros before the sequence start
+    _, state = causal_conv1d(torch.tensor([[[5.0]]]), weight, None, None, conv_state=state, return_final_state=True)
+    assert state.tolist() == [[[1.0, 2.0, 5.0]]]
+    with pytest.raises(ValueError, match=r"conv_state.*\(1, 1, 3\)"):
+        causal_conv1d(x, weight, conv_state=torch.zeros(1, 1, 2))

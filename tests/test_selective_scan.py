@@ -318,7 +318,9 @@ def _args(**overrides):
         ({"delta_bias": torch.zeros(4)}, ValueError, r"delta_bias has shape \(4,\), expected \(d,\) = \(3,\)"),
         ({"u": torch.zeros(2, 3, 5, dtype=torch.int64)}, TypeError, r"u must have a real floating dtype"),
         ({"B": torch.zeros(2, 4, 5, dtype=torch.int32)}, TypeError, r"B must have a real floating dtype"),
-        ({"A": torch.zeros(3, 4, dtype=torch.complex64)}, TypeError, r"A must have a real floating dtype"),
+        ({"A": torch.zeros(3, 4, dtype=torch.complex64)}, TypeError, r"complex A .*is not supported"),
+        ({"B": torch.zeros(2, 2, 4, 5)}, ValueError, r"B has shape \(2, 2, 4, 5\), .*grouped \(b, G, n, l\)"),
+        ({"C": torch.zeros(4, 4)}, ValueError, r"C has shape \(4, 4\), .*constant \(d, n\) = \(3, 4\)"),
         ({"u": [[1.0]]}, TypeError, r"u must be a torch.Tensor"),
         ({"C": None}, TypeError, r"C is required"),
         ({"B": torch.zeros(2, 4, 5, device="meta")}, ValueError, r"B is on meta but u is on cpu"),
@@ -488,3 +490,146 @@ def test_cuda_backend_matches_torch():
         return selective_scan(*args, **kwargs, backend="torch")
 
     assert_match(scan, tscan, x, {"D", "z", "delta_bias"}, True, True, 1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# initial state, constant and grouped B / C
+# ------------------------------------------------------------------------------------------
+
+
+def _h0(b, d, n, dtype=torch.float64, seed=7):
+    return torch.randn(b, d, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def _scan_grads(scan, x, h0, delta_softplus=True, seed=3):
+    """Outputs (out, last_state) and the gradients of every input and of ``h0`` under a random linear loss."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    h = h0.clone().requires_grad_(True)
+    out, last = scan(
+        *(leaves[k] for k in NAMES), delta_softplus=delta_softplus, return_last_state=True, initial_state=h
+    )
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in (out, last))
+    inputs = [*leaves.values(), h]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)  # (an empty sequence uses no delta)
+    grads = [torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, inputs, strict=True)]
+    return (out, last), dict(zip([*leaves, "initial_state"], grads, strict=True))
+
+
+@pytest.mark.parametrize(("L", "chunk"), [(1, None), (9, 4), (16, 16), (23, 5), (0, None)])
+def test_initial_state_torch_matches_reference_with_gradients(L, chunk):
+    x = make_inputs(2, 5, L, 3)
+    h0 = _h0(2, 5, 3)
+    outs_t, grads_t = _scan_grads(lambda *a, **k: selective_scan_torch(*a, **k, chunk_size=chunk), x, h0)
+    outs_r, grads_r = _scan_grads(selective_scan_reference, x, h0)
+    for a, b in zip(outs_t, outs_r, strict=True):
+        assert rel_err(a, b) < 1e-12
+    for name in grads_r:
+        assert rel_err(grads_t[name], grads_r[name]) < 1e-10, name
+    assert grads_r["initial_state"].abs().sum() > 0
+    if L == 0:  # nothing scanned: the state passes through
+        torch.testing.assert_close(outs_t[1], h0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("cuts", [(1,), (5,), (1, 2, 3, 11), (4, 9)])
+def test_scan_cut_anywhere_equals_uncut(backend, cuts):
+    x = make_inputs(2, 4, 13, 3)
+    full, full_last = selective_scan(*(x[k] for k in NAMES), delta_softplus=True, return_last_state=True,
+                                     backend=backend)  # fmt: skip
+    pieces, state = [], None
+    for t0, t1 in zip((0, *cuts), (*cuts, 13), strict=True):
+        part = {k: v[..., t0:t1] if v.dim() == 3 else v for k, v in x.items()}
+        out, state = selective_scan(*(part[k] for k in NAMES), delta_softplus=True, return_last_state=True,
+                                    backend=backend, initial_state=state)  # fmt: skip
+        pieces.append(out)
+    assert rel_err(torch.cat(pieces, dim=-1), full) < 1e-12
+    assert rel_err(state, full_last) < 1e-12
+
+
+def test_initial_state_gradcheck_float64():
+    x = make_inputs(1, 3, 6, 2)
+    h0 = _h0(1, 3, 2)
+
+    def f(u, delta, A, B, C, D, z, delta_bias, h):
+        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, True, True, 4, h)
+
+    args = [x[k].clone().requires_grad_(True) for k in NAMES] + [h0.clone().requires_grad_(True)]
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
+
+
+def test_initial_state_contribution_path_matches_reference():
+    """The "cuda" backend's composition (zero-state scan + h_0's contribution), run here with the torch scan."""
+    x = make_inputs(2, 4, 11, 3)
+    h0 = _h0(2, 4, 3)
+
+    def composed(*args, delta_softplus, return_last_state, initial_state):
+        return ss_mod._scan_from_initial_state(
+            selective_scan_torch, *args, delta_softplus, return_last_state, initial_state
+        )
+
+    outs_c, grads_c = _scan_grads(composed, x, h0)
+    outs_r, grads_r = _scan_grads(selective_scan_reference, x, h0)
+    for a, b in zip(outs_c, outs_r, strict=True):
+        assert rel_err(a, b) < 1e-12
+    for name in grads_r:
+        assert rel_err(grads_c[name], grads_r[name]) < 1e-10, name
+    # the contribution alone is exp(A * cumsum(dt)) h_0 read out by C; blocks of time give the same result
+    dt = F.softplus(x["delta"] + x["delta_bias"][:, None])
+    y_a, h_a = ss_mod.initial_state_contribution(dt, x["A"], x["C"], h0)
+    y_b, h_b = ss_mod.initial_state_contribution(dt, x["A"], x["C"], h0, block_elements=1)
+    torch.testing.assert_close(y_a, y_b)
+    torch.testing.assert_close(h_a, h_b)
+    zero = dict(x, u=torch.zeros_like(x["u"]), D=None, z=None)
+    y_ref = selective_scan_reference(*(zero[k] for k in NAMES), delta_softplus=True, initial_state=h0)
+    assert rel_err(y_a, y_ref) < 1e-12
+
+
+def test_initial_state_on_cuda_backend_falls_back_exactly(fresh_warnings):
+    x = make_inputs(2, 4, 7, 3)
+    h0 = _h0(2, 4, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = selective_scan(*(x[k] for k in NAMES), delta_softplus=True, backend="cuda", initial_state=h0)
+    ref = selective_scan_reference(*(x[k] for k in NAMES), delta_softplus=True, initial_state=h0)
+    assert rel_err(out, ref) < 1e-12
+
+
+def _explicit_scan(u, delta, A, B_full, C_full, D, z, delta_bias):
+    """mamba-ssm's selective_scan_ref with per-channel B, C given as (b, d, n, l)."""
+    dt = F.softplus(delta + delta_bias[:, None])
+    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=u.dtype)
+    ys = []
+    for t in range(u.shape[-1]):
+        h = torch.exp(dt[..., t, None] * A) * h + dt[..., t, None] * B_full[..., t] * u[..., t, None]
+        ys.append((h * C_full[..., t]).sum(-1))
+    return (torch.stack(ys, -1) + D[:, None] * u) * F.silu(z)
+
+
+@pytest.mark.parametrize("layout", ["constant", "grouped1", "grouped2", "grouped4", "mixed"])
+def test_constant_and_grouped_B_C(layout):
+    b, d, L, n = 2, 4, 9, 3
+    x = make_inputs(b, d, L, n)
+    g = torch.Generator().manual_seed(5)
+    if layout == "constant":
+        x["B"], x["C"] = torch.randn(d, n, generator=g, dtype=torch.float64), torch.randn(d, n, generator=g).double()
+        full = [X[None, :, :, None].expand(b, d, n, L) for X in (x["B"], x["C"])]
+    elif layout == "mixed":  # grouped B (G=2), constant C
+        x["B"] = torch.randn(b, 2, n, L, generator=g, dtype=torch.float64)
+        x["C"] = torch.randn(d, n, generator=g, dtype=torch.float64)
+        full = [x["B"].repeat_interleave(2, dim=1), x["C"][None, :, :, None].expand(b, d, n, L)]
+    else:
+        G = int(layout[-1])
+        x["B"], x["C"] = (torch.randn(b, G, n, L, generator=g, dtype=torch.float64) for _ in range(2))
+        full = [X.repeat_interleave(d // G, dim=1) for X in (x["B"], x["C"])]
+    expected = _explicit_scan(x["u"], x["delta"], x["A"], *full, x["D"], x["z"], x["delta_bias"])
+    h0 = _h0(b, d, n)
+    outs_t, grads_t = _scan_grads(lambda *a, **k: selective_scan(*a, **k, backend="torch"), x, h0)
+    outs_r, grads_r = _scan_grads(selective_scan_reference, x, h0)
+    zero_state = selective_scan(*(x[k] for k in NAMES), delta_softplus=True, backend="torch")
+    assert rel_err(zero_state, expected) < 1e-12
+    for a, r in zip(outs_t, outs_r, strict=True):
+        assert rel_err(a, r) < 1e-12
+    for name in grads_r:
+        assert grads_t[name].shape == x.get(name, h0).shape
+        assert rel_err(grads_t[name], grads_r[name]) < 1e-10, name

@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification, AutoProcessor
 
+from .cache import MambaVLCache
 from .configuration_mambavl import MambaVLConfig
 from .conv3d_video_encoder import Conv3dVideoConfig, Conv3dVideoModel
 from .modeling_mambavl import (
@@ -29,6 +30,7 @@ __all__ = [
     "Conv3dVideoConfig",
     "Conv3dVideoModel",
     "MambaVLActionRecognitionOutput",
+    "MambaVLCache",
     "MambaVLConfig",
     "MambaVLForActionAnticipation",
     "MambaVLForActionRecognition",

@@ -91,6 +91,10 @@ class MambaVLConfig(PretrainedConfig):
             ``"separate"``: video and question tokens are scanned separately, coupled only through the shared
             ``A`` (Algorithm 1 of the paper). ``"joint"``: one scan over ``[video; question]`` so that question
             tokens read the video's state (each modality still has its own ``B``, ``C`` and ``Δ``).
+        pool_window (`int`, *optional*):
+            ``None`` (default): ``pool(y^V)`` is the mean of every fused video token (of the clip, or seen so far by
+            a stream). ``W``: the mean of the last ``W`` fused video tokens (their states still carry the whole
+            history), so a stream pools in O(W) memory; see :class:`~mambavl.MambaVLCache`. Mamba fusion only.
         ssm_backend (`str`, *optional*, defaults to `"auto"`):
             Selective-scan implementation: ``"auto"`` (mamba-ssm's CUDA kernel on CUDA when installed, else the
             PyTorch scan), ``"cuda"``, ``"torch"`` or ``"reference"`` (see :func:`mambavl.ops.selective_scan`).
@@ -148,6 +152,7 @@ class MambaVLConfig(PretrainedConfig):
     fusion_mlp_hidden_size: int | None = None
     num_fusion_layers: int = 1
     fusion_scan: str = "separate"
+    pool_window: int | None = None
     ssm_backend: str = "auto"
     layer_norm_epsilon: float = 1e-5
     num_verb_classes: int = 97
@@ -211,7 +216,7 @@ class MambaVLConfig(PretrainedConfig):
             positive_int(name)
         for name in ("num_verb_classes", "num_noun_classes"):
             positive_int(name)
-        for name in ("video_feature_size", "text_projection_hidden_size", "fusion_mlp_hidden_size"):
+        for name in ("video_feature_size", "text_projection_hidden_size", "fusion_mlp_hidden_size", "pool_window"):
             positive_int(name, allow_none=True)
         for name in ("freeze_video_encoder", "freeze_text_encoder", "use_conv_bias", "use_bias"):
             flag(name)

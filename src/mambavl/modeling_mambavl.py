@@ -13,6 +13,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .cache import MambaVLCache
 from .configuration_mambavl import MambaVLConfig
 from .fusion import build_fusion
 from .fusion.common import masked_mean
@@ -45,6 +46,8 @@ class MambaVLModelOutput(ModelOutput):
         noun_features: ``(B, D)`` ``x_noun = pool(y^V) + pool(y^T_noun)``, the noun head's input.
         hidden_states: with ``output_hidden_states=True``, the video tokens ``(B, F, D)`` entering each fusion
             layer, then after the last one (``num_fusion_layers + 1`` tensors).
+        cache: when streaming, the :class:`~mambavl.MambaVLCache` of the stream (updated in place); also readable as
+            ``cache_params`` (the name transformers' Mamba used before 5.x's ``cache``).
     """
 
     video_hidden_states: torch.Tensor | None = None
@@ -56,6 +59,12 @@ class MambaVLModelOutput(ModelOutput):
     verb_features: torch.Tensor | None = None
     noun_features: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    cache: MambaVLCache | None = None
+
+    @property
+    def cache_params(self) -> MambaVLCache | None:
+        """The stream's cache, ``cache`` (``ModelOutput`` maps the old name ``cache_params`` to it)."""
+        return self.cache
 
 
 @dataclass
@@ -72,6 +81,7 @@ class MambaVLActionRecognitionOutput(ModelOutput):
         noun_features: ``(B, D)`` input of the noun head.
         video_hidden_states: ``(B, F, D)`` fused video tokens.
         hidden_states: see :class:`MambaVLModelOutput`.
+        cache: see :class:`MambaVLModelOutput` (also ``cache_params``).
     """
 
     loss: torch.Tensor | None = None
@@ -83,6 +93,12 @@ class MambaVLActionRecognitionOutput(ModelOutput):
     noun_features: torch.Tensor | None = None
     video_hidden_states: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    cache: MambaVLCache | None = None
+
+    @property
+    def cache_params(self) -> MambaVLCache | None:
+        """The stream's cache, ``cache`` (``ModelOutput`` maps the old name ``cache_params`` to it)."""
+        return self.cache
 
 
 def _set_frozen(module: nn.Module, frozen: bool) -> None:
@@ -336,6 +352,8 @@ class MambaVLModel(MambaVLPreTrainedModel):
         noun_attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache_params: MambaVLCache | None = None,
+        use_cache: bool | None = None,
     ) -> MambaVLModelOutput | tuple[torch.Tensor, ...]:
         """Fuse a video with its verb and noun questions.
 
@@ -348,15 +366,26 @@ class MambaVLModel(MambaVLPreTrainedModel):
             noun_attention_mask: ``(B, Ln)``.
             output_hidden_states: also return the video tokens entering each fusion layer.
             return_dict: return a :class:`MambaVLModelOutput` (default) rather than a tuple.
+            cache_params: a :class:`~mambavl.MambaVLCache` holding a stream's state: the video tokens (features,
+                or the tokens of ``pixel_values``' clip) are its next chunk, of any length >= 1. Updated in place.
+            use_cache: stream: create a cache when ``cache_params`` is ``None`` and return it. A stream's first call
+                needs the questions; later calls may omit them (they are encoded once per stream). After the last
+                chunk the outputs equal one forward over the concatenated video tokens (``fusion_type="mamba"``).
 
         Returns:
-            :class:`MambaVLModelOutput`.
+            :class:`MambaVLModelOutput` (with ``cache_params`` when streaming).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         video = self.encode_video(pixel_values, video_features)
         batch = video.shape[0]
-        verb = self.encode_question("verb", verb_input_ids, verb_attention_mask, batch)
-        noun = self.encode_question("noun", noun_input_ids, noun_attention_mask, batch)
+        if use_cache or cache_params is not None:
+            if cache_params is None:
+                cache_params = MambaVLCache(self.config, batch, dtype=video.dtype, device=video.device)
+            encode = cache_params.needs_questions(verb_input_ids, noun_input_ids)
+        else:
+            encode = True
+        verb = self.encode_question("verb", verb_input_ids, verb_attention_mask, batch) if encode else None
+        noun = self.encode_question("noun", noun_input_ids, noun_attention_mask, batch) if encode else None
 
         fused = self.fusion(
             video,
@@ -365,8 +394,9 @@ class MambaVLModel(MambaVLPreTrainedModel):
             verb_attention_mask,
             noun_attention_mask,
             output_hidden_states=bool(output_hidden_states),
+            **({"cache_params": cache_params} if cache_params is not None else {}),
         )
-        output = MambaVLModelOutput(**fused)
+        output = MambaVLModelOutput(**fused, cache=cache_params)
         return output if return_dict else output.to_tuple()
 
 
@@ -412,6 +442,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         noun_labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache_params: MambaVLCache | None = None,
+        use_cache: bool | None = None,
     ) -> MambaVLActionRecognitionOutput | tuple[torch.Tensor, ...]:
         """Classify the verb and the noun of each clip.
 
@@ -421,6 +453,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             verb_labels: ``(B,)`` verb class ids (``-100`` ignored), for the loss.
             noun_labels: ``(B,)`` noun class ids (``-100`` ignored), for the loss.
             return_dict: return a :class:`MambaVLActionRecognitionOutput` (default) rather than a tuple.
+            cache_params, use_cache: stream the video in chunks, see :meth:`MambaVLModel.forward`; the logits are
+                those of the whole stream so far.
 
         Returns:
             :class:`MambaVLActionRecognitionOutput` with ``verb_logits (B, num_verb_classes)``,
@@ -436,6 +470,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             noun_attention_mask=noun_attention_mask,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            cache_params=cache_params,
+            use_cache=use_cache,
         )
         verb_logits = self.verb_head(self.dropout(out.verb_features))
         noun_logits = self.noun_head(self.dropout(out.noun_features))
@@ -460,6 +496,7 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
             noun_features=out.noun_features,
             video_hidden_states=out.video_hidden_states,
             hidden_states=out.hidden_states,
+            cache=out.cache,
         )
         return output if return_dict else output.to_tuple()
 

@@ -64,6 +64,8 @@ def fusion_output_from_tokens(
     noun_attention_mask: torch.Tensor | None = None,
     hidden_states: list[torch.Tensor] | None = None,
     noun_video: torch.Tensor | None = None,
+    pool_window: int | None = None,
+    pooled_video: torch.Tensor | None = None,
 ) -> FusionOutput:
     """Pool fused token states into the heads' inputs: ``x_verb = pool(y^V) + pool(y^T_verb)``, likewise nouns.
 
@@ -75,9 +77,16 @@ def fusion_output_from_tokens(
         hidden_states: video tokens per layer, returned as a tuple, or ``None``.
         noun_video: ``(B, F, D)`` video tokens to pool for the noun features when they differ from ``video``
             (fusions that run the two questions as separate sequences); ``None`` uses ``video``.
+        pool_window: pool the video over its last ``pool_window`` tokens only (``None``: all of them).
+        pooled_video: ``(B, D)`` ``pool(y^V)`` computed by the caller (a stream's running pool), instead of
+            pooling ``video``.
     """
-    pooled_video = video.mean(dim=1)
-    pooled_noun_video = pooled_video if noun_video is None else noun_video.mean(dim=1)
+
+    def pool(tokens: torch.Tensor) -> torch.Tensor:
+        return (tokens if pool_window is None else tokens[:, -pool_window:]).mean(dim=1)
+
+    pooled_video = pool(video) if pooled_video is None else pooled_video
+    pooled_noun_video = pooled_video if noun_video is None else pool(noun_video)
     pooled_verb = masked_mean(verb_question, verb_attention_mask)
     pooled_noun = masked_mean(noun_question, noun_attention_mask)
     return FusionOutput(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from ..ops import selective_scan
 from ..ops.causal_conv1d import causal_conv1d
 from .common import FusionOutput, fusion_output_from_tokens
 
+if TYPE_CHECKING:
+    from ..cache import MambaVLCache
+
 __all__ = ["MambaFusion", "MambaFusionLayer", "SSMFusion", "SelectiveMixer"]
 
 
@@ -37,7 +40,7 @@ class ScanInputs(NamedTuple):
     """One modality's inputs to the selective scan, in the scan layout.
 
     ``u, delta, z: (b, d_inner, l)``; ``B, C: (b, N, l)``. ``delta`` is ``Linear_Δ(x)`` before the bias and
-    softplus.
+    softplus. ``conv_state: (b, d_inner, conv_kernel - 1)``, the convolution's last inputs, when asked for.
     """
 
     u: torch.Tensor
@@ -45,6 +48,7 @@ class ScanInputs(NamedTuple):
     B: torch.Tensor
     C: torch.Tensor
     z: torch.Tensor
+    conv_state: torch.Tensor | None = None
 
 
 class SelectiveMixer(nn.Module):
@@ -70,39 +74,57 @@ class SelectiveMixer(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(d_inner, config.hidden_size, bias=config.use_bias)
 
-    def scan_inputs(self, hidden_states: torch.Tensor) -> ScanInputs:
+    def scan_inputs(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor | None = None, return_conv_state: bool = False
+    ) -> ScanInputs:
         """Project ``hidden_states (b, l, hidden_size)`` to this modality's scan inputs.
 
         The projections are written straight into the scan layout (channels first, time contiguous), as in
-        mamba-ssm's own mixer, so the CUDA kernels get their inputs without copies.
+        mamba-ssm's own mixer, so the CUDA kernels get their inputs without copies. ``conv_state
+        (b, d_inner, conv_kernel - 1)`` continues the causal convolution after earlier tokens (zeros when
+        ``None``); with ``return_conv_state`` the result's ``conv_state`` is the one to carry to the next tokens.
         """
         xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))  # (b, 2 * d_inner, l), contiguous
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)
-        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        conv = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", conv_state, return_conv_state)
+        x, conv_state = conv if return_conv_state else (conv, None)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, rank + 2N)
         dt, B, C = x_dbl.split([self.time_step_rank, self.state_size, self.state_size], dim=-1)
         delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (b, d_inner, l); bias added by the scan
-        return ScanInputs(x, delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), z)
+        return ScanInputs(x, delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), z, conv_state)
 
-    def forward(self, hidden_states: torch.Tensor, A: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        A: torch.Tensor,
+        backend: str = "auto",
+        conv_state: torch.Tensor | None = None,
+        ssm_state: torch.Tensor | None = None,
+        return_state: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mix one modality with the given state matrix.
 
         Args:
             hidden_states: ``(b, l, hidden_size)`` tokens of this modality.
             A: ``(d_inner, N)`` state matrix (negative), shared with the other modality.
             backend: selective-scan backend, see :func:`mambavl.ops.selective_scan`.
+            conv_state: ``(b, d_inner, conv_kernel - 1)`` convolution state to continue from (zeros if ``None``).
+            ssm_state: ``(b, d_inner, N)`` scan state to continue from (zeros if ``None``).
+            return_state: also return the states after these tokens.
 
         Returns:
-            ``(b, l, hidden_size)``.
+            ``(b, l, hidden_size)``; with ``return_state``, ``(out, conv_state, ssm_state)``.
         """
-        s = self.scan_inputs(hidden_states)
-        y = selective_scan(
+        s = self.scan_inputs(hidden_states, conv_state, return_conv_state=return_state)
+        res = selective_scan(
             s.u, s.delta, A, s.B, s.C, D=self.D.float(), z=s.z, delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True, backend=backend,
+            delta_softplus=True, return_last_state=return_state, backend=backend, initial_state=ssm_state,
         )  # fmt: skip
-        return self.out_proj(y.transpose(1, 2))
+        if return_state:
+            return self.out_proj(res[0].transpose(1, 2)), s.conv_state, res[1]
+        return self.out_proj(res.transpose(1, 2))
 
     def gated_output(self, y: torch.Tensor, s: ScanInputs) -> torch.Tensor:
         """Skip, gate and project a scan output ``y (b, d_inner, l)`` computed without ``D`` and ``z``."""
@@ -186,6 +208,28 @@ class SSMFusion(nn.Module):
         y_text = self.text_mixer.gated_output(y[:, :, num_frames:], st)
         return y_video, [chunk[:, :length] for chunk, length in zip(y_text.split(b), lengths, strict=True)]
 
+    def questions_from_state(self, questions: Sequence[torch.Tensor], ssm_state: torch.Tensor) -> list[torch.Tensor]:
+        """The question part of a joint scan, read from a video state without changing it (streaming).
+
+        Args:
+            questions: sequences ``(b, L_i, hidden_size)`` of (normed) question tokens, right-padded.
+            ssm_state: ``(b, d_inner, N)`` the video's scan state after its last token.
+
+        Returns:
+            ``[y_question_i (b, L_i, hidden_size)]``, as :meth:`forward` with ``fusion_scan="joint"`` gives them
+            after a video whose scan ended in ``ssm_state``.
+        """
+        b, lengths = questions[0].shape[0], [q.shape[1] for q in questions]
+        longest = max(lengths)
+        texts = torch.cat([F.pad(q, (0, 0, 0, longest - q.shape[1])) for q in questions])
+        st = self.text_mixer.scan_inputs(texts)
+        y = selective_scan(
+            st.u, self.text_mixer.delta_with_bias(st), self.A, st.B, st.C, backend=self.config.ssm_backend,
+            initial_state=ssm_state.repeat(len(questions), 1, 1),
+        )  # fmt: skip
+        y_text = self.text_mixer.gated_output(y, st)
+        return [chunk[:, :length] for chunk, length in zip(y_text.split(b), lengths, strict=True)]
+
 
 class MambaFusionLayer(GradientCheckpointingLayer):
     """One pre-norm residual SSM-Fusion block: ``x^m <- x^m + SSMFusion(RMSNorm_m(x^m))`` for each modality ``m``.
@@ -209,6 +253,39 @@ class MambaFusionLayer(GradientCheckpointingLayer):
         )
         return video + y_video, verb_question + y_verb, noun_question + y_noun
 
+    def step(
+        self,
+        video: torch.Tensor,
+        questions: Sequence[torch.Tensor] | None,
+        conv_state: torch.Tensor | None,
+        ssm_state: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor, torch.Tensor]:
+        """One chunk of a stream through this layer.
+
+        Args:
+            video: ``(b, l, D)`` the chunk's video tokens (any ``l >= 1``).
+            questions: question tokens ``(b, L_i, D)`` to fuse, or ``None`` to skip them (``"separate"`` scans
+                fuse them once per stream). With ``"joint"`` scans they read the video state after this chunk.
+            conv_state: ``(b, d_inner, conv_kernel - 1)`` the video mixer's convolution state (``None``: zeros).
+            ssm_state: ``(b, d_inner, N)`` the video mixer's scan state (``None``: zeros).
+
+        Returns:
+            ``(video (b, l, D), questions or None, conv_state, ssm_state)``, the states after this chunk.
+        """
+        fusion = self.fusion
+        A, backend = fusion.A, fusion.config.ssm_backend
+        y_video, conv_state, ssm_state = fusion.video_mixer(
+            self.video_norm(video), A, backend, conv_state, ssm_state, return_state=True
+        )
+        if questions is not None:
+            normed = [self.text_norm(q) for q in questions]
+            if fusion.config.fusion_scan == "separate":
+                ys = [fusion.text_mixer(q, A, backend) for q in normed]
+            else:
+                ys = fusion.questions_from_state(normed, ssm_state)
+            questions = [q + y for q, y in zip(questions, ys, strict=True)]
+        return video + y_video, questions, conv_state, ssm_state
+
 
 class MambaFusion(nn.Module):
     """The paper's fusion (``fusion_type="mamba"``): ``num_fusion_layers`` :class:`MambaFusionLayer` blocks, final
@@ -221,6 +298,7 @@ class MambaFusion(nn.Module):
 
     def __init__(self, config: MambaVLConfig):
         super().__init__()
+        self.pool_window = config.pool_window
         self.layers = nn.ModuleList(MambaFusionLayer(config) for _ in range(config.num_fusion_layers))
         self.video_norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.text_norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
@@ -233,9 +311,21 @@ class MambaFusion(nn.Module):
         verb_attention_mask: torch.Tensor | None = None,
         noun_attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        cache_params: MambaVLCache | None = None,
     ) -> FusionOutput:
         """Fuse video tokens ``(B, F, D)`` with right-padded question tokens ``(B, Lv, D)`` and ``(B, Ln, D)``
-        (masks ``(B, Lv)``, ``(B, Ln)``) and pool them into the heads' features."""
+        (masks ``(B, Lv)``, ``(B, Ln)``) and pool them into the heads' features (the video over its last
+        ``config.pool_window`` tokens when set).
+
+        With ``cache_params`` (a :class:`~mambavl.MambaVLCache`, updated in place) the video tokens are the next
+        chunk of a stream: each layer continues from the cached states and pooling covers every token seen (or
+        the last ``pool_window``). The questions are needed at the stream's first call only (pass ``None`` later:
+        the cache holds them)."""
+        if cache_params is not None:
+            return self._forward_with_cache(
+                video, verb_question, noun_question, verb_attention_mask, noun_attention_mask, output_hidden_states,
+                cache_params,
+            )  # fmt: skip
         all_video = [video] if output_hidden_states else None
         for layer in self.layers:
             video, verb_question, noun_question = layer(video, verb_question, noun_question)
@@ -244,8 +334,53 @@ class MambaFusion(nn.Module):
         video = self.video_norm(video)
         verb_question, noun_question = self.text_norm(verb_question), self.text_norm(noun_question)
         return fusion_output_from_tokens(
-            video, verb_question, noun_question, verb_attention_mask, noun_attention_mask, all_video
-        )
+            video, verb_question, noun_question, verb_attention_mask, noun_attention_mask, all_video,
+            pool_window=self.pool_window,
+        )  # fmt: skip
+
+    def _forward_with_cache(
+        self,
+        video: torch.Tensor,
+        verb_question: torch.Tensor | None,
+        noun_question: torch.Tensor | None,
+        verb_attention_mask: torch.Tensor | None,
+        noun_attention_mask: torch.Tensor | None,
+        output_hidden_states: bool,
+        cache: MambaVLCache,
+    ) -> FusionOutput:
+        if video.shape[0] != cache.batch_size or video.shape[1] < 1:
+            raise ValueError(
+                f"video tokens for a stream must be (b={cache.batch_size}, l >= 1, D), got shape {tuple(video.shape)}."
+            )
+        first = not cache.has_questions
+        separate = cache.fusion_scan == "separate"
+        if first:
+            if verb_question is None or noun_question is None:
+                raise ValueError("The first call of a stream needs the verb and noun questions.")
+            questions = [verb_question, noun_question]
+            if not separate:  # joint scans re-read the encoded questions at every call
+                cache.set_questions(verb_question, noun_question, verb_attention_mask, noun_attention_mask)
+        else:
+            questions = None if separate else [cache.verb_question, cache.noun_question]
+        all_video = [video] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            video, questions, cache.conv_states[i], cache.ssm_states[i] = layer.step(
+                video, questions, cache.conv_states[i], cache.ssm_states[i]
+            )
+            if all_video is not None:
+                all_video.append(video)
+        video = self.video_norm(video)
+        if questions is not None:
+            verb_question, noun_question = (self.text_norm(q) for q in questions)
+            if separate:  # fused once per stream
+                cache.set_questions(verb_question, noun_question, verb_attention_mask, noun_attention_mask)
+        else:
+            verb_question, noun_question = cache.verb_question, cache.noun_question
+        pooled_video = cache.update_pool(video)
+        return fusion_output_from_tokens(
+            video, verb_question, noun_question, cache.verb_attention_mask, cache.noun_attention_mask, all_video,
+            pooled_video=pooled_video,
+        )  # fmt: skip
 
 
 def init_mixer_weights(mixer: SelectiveMixer, config: MambaVLConfig) -> None:

@@ -2,6 +2,7 @@
 
 from .selective_scan import (
     BACKENDS,
+    initial_state_contribution,
     is_mamba_ssm_available,
     mamba_ssm_import_error,
     resolve_backend,
@@ -12,6 +13,7 @@ from .selective_scan import (
 
 __all__ = [
     "BACKENDS",
+    "initial_state_contribution",
     "is_mamba_ssm_available",
     "mamba_ssm_import_error",
     "resolve_backend",

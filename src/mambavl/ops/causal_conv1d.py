@@ -25,8 +25,13 @@ def _causal_conv1d_kernel():
 
 
 def causal_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = "silu"
-) -> torch.Tensor:
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    conv_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal convolution along the last axis: output ``t`` sees inputs ``t-k+1 .. t`` only.
 
     Args:
@@ -34,13 +39,18 @@ def causal_conv1d(
         weight: ``(d, k)`` one filter per channel.
         bias: ``(d,)`` or ``None``.
         activation: ``"silu"`` or ``None``.
+        conv_state: optional ``(b, d, k - 1)`` inputs that precede ``x`` (the ``final_state`` of the previous
+            piece of the sequence); ``None`` means zeros (the start of a sequence). A sequence cut anywhere and
+            convolved piece by piece, each piece with the previous one's final state, gives the uncut result.
+        return_final_state: also return the last ``k - 1`` inputs, ``(b, d, k - 1)`` in ``x``'s dtype (the
+            ``conv_state`` for the next piece; the state's older columns when ``l < k - 1``).
 
     Returns:
-        ``(b, d, l)`` tensor, ``activation(conv(x) + bias)``.
+        ``(b, d, l)`` tensor, ``activation(conv(x) + bias)``; with ``return_final_state``, ``(out, final_state)``.
 
     On CUDA the fused kernel of the ``causal-conv1d`` package (``pip install "mambavl[cuda]"``) is used when it
-    loads and supports the call (filter widths 2 to 4, time axis contiguous); everywhere else
-    ``torch.nn.functional.conv1d`` with left padding, in ``x``'s dtype.
+    loads and supports the call (filter widths 2 to 4, time axis contiguous, no ``conv_state``); everywhere else
+    ``torch.nn.functional.conv1d`` with left padding (or the state prepended), in ``x``'s dtype.
     """
     if activation not in ("silu", None):
         raise ValueError(f"`activation` must be 'silu' or None, got {activation!r}.")
@@ -50,6 +60,29 @@ def causal_conv1d(
             f"{tuple(weight.shape)}."
         )
     width = weight.shape[1]
+    if conv_state is not None and tuple(conv_state.shape) != (x.shape[0], x.shape[1], width - 1):
+        raise ValueError(
+            f"`conv_state` must be (b, d, k - 1) = {(x.shape[0], x.shape[1], width - 1)}, got "
+            f"{tuple(conv_state.shape)}."
+        )
+    final_state = None
+    if return_final_state:
+        history = x if conv_state is None else torch.cat([conv_state.to(x.dtype), x], dim=-1)
+        if history.shape[-1] < width - 1:
+            history = F.pad(history, (width - 1 - history.shape[-1], 0))
+        final_state = history[..., history.shape[-1] - (width - 1) :]
+    if conv_state is None:
+        out = _conv(x, weight, bias, activation, width)
+    else:
+        weight = weight.to(x.dtype)
+        bias = bias.to(x.dtype) if bias is not None else None
+        xs = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # (b, d, k - 1 + l): no padding needed
+        out = F.conv1d(xs, weight.unsqueeze(1), bias, groups=x.shape[1])
+        out = F.silu(out) if activation == "silu" else out
+    return (out, final_state) if return_final_state else out
+
+
+def _conv(x, weight, bias, activation, width):
     if x.is_cuda and 2 <= width <= 4 and x.stride(-1) == 1 and (kernel := _causal_conv1d_kernel()) is not None:
         return kernel(x, weight, bias, activation=activation)
     weight = weight.to(x.dtype)  # the kernel takes a float32 filter for bf16 inputs; conv1d needs one dtype

@@ -8,12 +8,14 @@ One signature everywhere, with the tensor layouts of mamba-ssm's
 
     u, delta, z : (b, d, l)      A : (d, n)      B, C : (b, n, l)      D, delta_bias : (d,)
     out : (b, d, l) in u.dtype   last_state : (b, d, n) in the compute dtype
+    B, C may also be constant (d, n) or grouped (b, G, n, l), as in mamba-ssm (complex A: not supported)
+    initial_state=None : optional (b, d, n) state h_0 to continue from (keyword, after ``backend``)
 
 Semantics (exactly mamba-ssm's)::
 
     delta  = delta + delta_bias[:, None]            (if delta_bias is given)
     delta  = softplus(delta)                         (if delta_softplus)
-    h_t    = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t          h_0 = 0,  h_t: (b, d, n)
+    h_t    = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t          h_0 = initial_state or 0,  h_t: (b, d, n)
     y_t    = sum_n C_t * h_t + D * u_t
     out    = y * silu(z)                             (if z is given)
 
@@ -80,6 +82,9 @@ from the epilogue):
 * ``P = G * H_prev * dA`` (in place in the ``dA`` buffer): the gradient of ``dt * A``; then
   ``d(dt) = s*u + sum_n P*A``, ``du = s*dt + D*dy``, ``dA += sum_{t,b} P*dt``.
 
+An ``initial_state`` is ``H[0]`` of the first chunk (forward and recomputation), and the carry left
+after the first chunk, ``dA_0 G_0``, is its gradient.
+
 Finally ``d(delta) = d(dt) * sigmoid(delta + delta_bias)`` for softplus, computed as
 ``1 - exp(-dt)`` from the saved ``dt``, and ``d(delta_bias)`` sums it over ``(b, l)``.
 
@@ -104,6 +109,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "BACKENDS",
+    "initial_state_contribution",
     "is_mamba_ssm_available",
     "mamba_ssm_import_error",
     "resolve_backend",
@@ -180,7 +186,29 @@ def _check_tensor(name, t, shape, expected, optional=False):
         raise ValueError(f"selective_scan: {name} has shape {tuple(t.shape)}, expected {expected} = {shape}")
 
 
-def _validate(u, delta, A, B, C, D, z, delta_bias):
+def _check_bc(name, t, b, d, n, L):
+    """``B`` / ``C``: variable ``(b, n, l)``, constant ``(d, n)``, or grouped ``(b, G, n, l)`` with ``G | d``."""
+    _check_tensor(name, t, tuple(t.shape) if isinstance(t, torch.Tensor) else None, "")
+    shape = tuple(t.shape)
+    if t.dim() == 3 and shape == (b, n, L):
+        return
+    if t.dim() == 2 and shape == (d, n):
+        return
+    if t.dim() == 4 and shape[0] == b and shape[2:] == (n, L) and shape[1] >= 1 and d % shape[1] == 0:
+        return
+    raise ValueError(
+        f"selective_scan: {name} has shape {shape}, expected (b, n, l) = {(b, n, L)}, constant (d, n) = {(d, n)} "
+        f"or grouped (b, G, n, l) = {(b, 'G', n, L)} with G dividing d={d} (b, l from u and n from A)"
+    )
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state=None):
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z)):
+        if isinstance(t, torch.Tensor) and t.is_complex():
+            raise TypeError(
+                f"selective_scan: complex {name} ({t.dtype}) is not supported; mambavl's scans are real-valued "
+                "(mamba-ssm's complex A variant is not implemented)"
+            )
     if not isinstance(u, torch.Tensor):
         raise TypeError(f"selective_scan: u must be a torch.Tensor, got {type(u).__name__}")
     if u.dim() != 3:
@@ -194,13 +222,15 @@ def _validate(u, delta, A, B, C, D, z, delta_bias):
     _check_tensor("u", u, (b, d, L), "(b, d, l)")
     _check_tensor("delta", delta, (b, d, L), "(b, d, l) like u")
     _check_tensor("A", A, (d, n), "(d, n) with d from u")
-    _check_tensor("B", B, (b, n, L), "(b, n, l) with b, l from u and n from A")
-    _check_tensor("C", C, (b, n, L), "(b, n, l) with b, l from u and n from A")
+    _check_bc("B", B, b, d, n, L)
+    _check_bc("C", C, b, d, n, L)
     _check_tensor("D", D, (d,), "(d,)", optional=True)
     _check_tensor("z", z, (b, d, L), "(b, d, l) like u", optional=True)
     _check_tensor("delta_bias", delta_bias, (d,), "(d,)", optional=True)
+    _check_tensor("initial_state", initial_state, (b, d, n), "(b, d, n)", optional=True)
     device = u.device
-    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias)):
+    others = (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias))
+    for name, t in (*others, ("initial_state", initial_state)):
         if t is not None and t.device != device:
             raise ValueError(
                 f"selective_scan: {name} is on {t.device} but u is on {device}; all tensors must be on one device"
@@ -223,23 +253,53 @@ def _compute_dtype(*tensors) -> torch.dtype:
 # --------------------------------------------------------------------------------------------
 
 
+def _bc_4d(X, d):
+    """``B`` / ``C`` as a 4-D tensor broadcastable to ``(b, d, n, l)``: ``(b, 1, n, l)`` for variable, ``(1, d, n, 1)``
+    for constant, ``(b, d, n, l)`` for grouped (each group's rows repeated over its ``d / G`` channels)."""
+    if X.dim() == 3:
+        return X[:, None]
+    if X.dim() == 2:
+        return X[None, :, :, None]
+    return X.repeat_interleave(d // X.shape[1], dim=1)
+
+
+def _bc_step(X4, t):
+    """Step ``t`` of a :func:`_bc_4d` tensor: ``(b|1, d|1, n)``."""
+    return X4[..., t if X4.shape[-1] > 1 else 0]
+
+
 def selective_scan_reference(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    initial_state=None,
 ):
-    """The recurrence written out step by step (the oracle of the tests). No validation."""
-    dtype, out_dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias), u.dtype
+    """The recurrence written out step by step (the oracle of the tests). No validation.
+
+    Takes every ``B`` / ``C`` layout of :func:`selective_scan` and an optional ``initial_state (b, d, n)``
+    (``h_0``; zeros when ``None``), which gets its gradient from autograd.
+    """
+    dtype, out_dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state), u.dtype
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     batch, dim, length = u.shape
-    h = u.new_zeros(batch, dim, A.shape[1])  # (b, d, n)
+    B4, C4 = _bc_4d(B, dim), _bc_4d(C, dim)
+    h = u.new_zeros(batch, dim, A.shape[1]) if initial_state is None else initial_state.to(dtype)  # (b, d, n)
     ys = []
     for t in range(length):
         dt = delta[:, :, t, None]  # (b, d, 1)
-        h = torch.exp(dt * A) * h + dt * B[:, None, :, t] * u[:, :, t, None]
-        ys.append((h * C[:, None, :, t]).sum(-1))  # (b, d)
+        h = torch.exp(dt * A) * h + dt * _bc_step(B4, t) * u[:, :, t, None]
+        ys.append((h * _bc_step(C4, t)).sum(-1))  # (b, d)
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u
@@ -247,6 +307,67 @@ def selective_scan_reference(
         y = y * F.silu(z.to(dtype))
     y = y.to(out_dtype)
     return (y, h) if return_last_state else y
+
+
+def initial_state_contribution(delta, A, C, initial_state, block_elements=1 << 24):
+    """What a non-zero ``h_0`` adds to a scan that started from zero: the scan is linear in ``h_0``, so
+
+    ``h_t = h_t|_{h_0=0} + exp(A * cumsum(Δ)_t) * h_0``  and
+    ``y_t = y_t|_{h_0=0} + sum_n C_t * exp(A * cumsum(Δ)_t) * h_0``
+
+    (``cumsum`` inclusive over time). Computed in blocks of time steps (about ``block_elements`` elements of
+    ``(b, d, n, l)`` at a time), differentiable by autograd in ``delta``, ``A``, ``C`` and ``initial_state``.
+
+    Args:
+        delta: ``(b, d, l)`` step sizes **after** ``delta_bias`` and softplus.
+        A: ``(d, n)``.
+        C: ``(b, n, l)``, ``(d, n)`` or ``(b, G, n, l)`` (as in :func:`selective_scan`).
+        initial_state: ``(b, d, n)``.
+
+    Returns:
+        ``(y0, h0_last)``: ``y0 (b, d, l)`` to add to the scan's ``y`` (before ``D`` and the gate), and
+        ``h0_last (b, d, n)`` = ``exp(A * sum(Δ)) * h_0`` to add to its last state. In ``initial_state``'s dtype
+        promoted with the others'.
+    """
+    dtype = _promoted_dtype(delta, A, C, initial_state)
+    delta, A, h0 = delta.to(dtype), A.to(dtype), initial_state.to(dtype)
+    b, d, L = delta.shape
+    n = A.shape[1]
+    C4 = _bc_4d(C.to(dtype), d)
+    cum = delta.cumsum(dim=-1)  # (b, d, l)
+    step = max(1, block_elements // max(b * d * n, 1))
+    ys = []
+    for t0 in range(0, L, step):
+        t1 = min(t0 + step, L)
+        decay = torch.exp(A[None, :, :, None] * cum[:, :, None, t0:t1])  # (b, d, n, m)
+        c = C4 if C4.shape[-1] == 1 else C4[..., t0:t1]
+        ys.append((c * decay * h0[..., None]).sum(dim=2))  # (b, d, m)
+    y0 = torch.cat(ys, dim=-1) if ys else delta.new_zeros(b, d, 0)
+    total = cum[:, :, -1:] if L else delta.new_zeros(b, d, 1)
+    return y0, torch.exp(A * total) * h0
+
+
+def _scan_from_initial_state(scan_zero, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                             initial_state):  # fmt: skip
+    """Any zero-state scan ``scan_zero(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)`` continued from
+    ``initial_state``: the zero-state result plus :func:`initial_state_contribution` (gated by ``silu(z)``).
+
+    This is how the ``"cuda"`` backend is exact with an initial state (mamba-ssm's ``selective_scan_fn`` has
+    none); the CPU tests run it with the ``"torch"`` backend as ``scan_zero``.
+    """
+    out, last = scan_zero(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    y0, h0_last = initial_state_contribution(dt, A, C, initial_state)
+    if z is not None:
+        y0 = y0 * F.silu(z.to(dtype))
+    out = (out.to(dtype) + y0).to(u.dtype)
+    last = last + h0_last.to(last.dtype)
+    return (out, last) if return_last_state else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +452,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     """The ``"torch"`` backend: chunked forward, reverse-scan backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, chunk):
         b, d, L = u.shape
         n = A.shape[1]
         nchunks = -(-L // chunk)
@@ -346,7 +467,10 @@ class _SelectiveScanFn(torch.autograd.Function):
         T = min(chunk, L)
         dA_buf = u.new_empty(T, b, n, d)
         H_buf = u.new_empty(T + 1, b, n, d)
-        H_buf[0].zero_()
+        if h0 is None:
+            H_buf[0].zero_()
+        else:
+            H_buf[0].copy_(h0.transpose(1, 2))  # (b, d, n) -> (b, n, d)
         steps = dA_buf.unbind(0), H_buf.unbind(0)
         for k in range(nchunks):
             t0, t1 = k * chunk, min((k + 1) * chunk, L)
@@ -373,9 +497,12 @@ class _SelectiveScanFn(torch.autograd.Function):
             out = y * gate if save_y else y.mul_(gate)
             del gate
         del y_tm
-        last_state = states[-1].transpose(1, 2).contiguous() if nchunks else u.new_zeros(b, d, n)
+        if nchunks:
+            last_state = states[-1].transpose(1, 2).contiguous()
+        else:
+            last_state = u.new_zeros(b, d, n) if h0 is None else h0.clone()
         if need_backward:
-            ctx.save_for_backward(u, dt_tm, A, B_tm, C_tm, D, z, states, y if save_y else None)
+            ctx.save_for_backward(u, dt_tm, A, B_tm, C_tm, D, z, states, y if save_y else None, h0)
         ctx.delta_softplus = delta_softplus
         ctx.chunk = chunk
         ctx.set_materialize_grads(False)
@@ -383,13 +510,13 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, dt_tm, A, B_tm, C_tm, D, z, states, y = ctx.saved_tensors
+        u, dt_tm, A, B_tm, C_tm, D, z, states, y, h0 = ctx.saved_tensors
         need = ctx.needs_input_grad
         b, d, L = u.shape
         n = A.shape[1]
         chunk = ctx.chunk
         nchunks = states.shape[0]
-        du = ddelta = dA = dB = dC = dD = dz = ddelta_bias = None
+        du = ddelta = dA = dB = dC = dD = dz = ddelta_bias = dh0 = None
 
         # ---- epilogue: out = (y_ssm + D*u) * silu(z); everything time-major (l, b, d) ------
         u_tm = _time_major(u)
@@ -431,7 +558,10 @@ class _SelectiveScanFn(torch.autograd.Function):
             m = t1 - t0
             x = m * b
             if k == 0:
-                H_buf[0].zero_()
+                if h0 is None:
+                    H_buf[0].zero_()
+                else:
+                    H_buf[0].copy_(h0.transpose(1, 2))
             else:
                 H_buf[0].copy_(states[k - 1])
             dA_k, H = _chunk_forward(dt_tm, dtu_tm, B_tm, At2, t0, t1, dA_buf, H_buf, *steps)
@@ -456,6 +586,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             if dA_acc is not None:
                 dA_acc[:m].addcmul_(P, dt_tm[t0:t1, :, None, :])
         del dA_buf, H_buf, G_buf, tmp, s_buf, steps, G_steps, dA_steps
+        if need[8]:  # after the first chunk, `carry` is the gradient of the state entering the scan, h_0
+            dh0 = carry.transpose(1, 2).contiguous()
 
         # (l, b, d)-sized results go into blocks the loop is done with (fresh ones cost page faults)
         if need[0]:
@@ -477,21 +609,44 @@ class _SelectiveScanFn(torch.autograd.Function):
             dB = _batch_major(dB_tm)
         if need[4]:
             dC = _batch_major(dC_tm)
-        return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, None, None
+        return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0, None, None
 
 
 def selective_scan_torch(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, chunk_size=None
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    chunk_size=None,
+    initial_state=None,
 ):
     """The ``"torch"`` backend (no validation; use :func:`selective_scan`).
 
     Same arguments and results as :func:`selective_scan`. ``chunk_size`` overrides the number of
     time steps per chunk (default on CPU: about 3 MiB of ``(b, n, d)`` states per chunk buffer,
     clamped to [4, 64]; on CUDA: 64).
+
+    Variable ``B``/``C`` ``(b, n, l)`` take the chunked scan with its hand-written backward (including the
+    gradient of ``initial_state``). Grouped ``(b, G, n, l)`` ones run that scan once per group of ``d / G``
+    channels; constant ``(d, n)`` ones (mamba-ssm compatibility, not a fast path) run the step-by-step
+    recurrence of :func:`selective_scan_reference`.
     """
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    if B.dim() == 2 or C.dim() == 2:
+        return selective_scan_reference(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
+        )
+    if B.dim() == 4 or C.dim() == 4:
+        return _grouped_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size,
+                             initial_state)  # fmt: skip
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     out_dtype = u.dtype
-    args = [t if t is None else t.to(dtype) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    args = [t if t is None else t.to(dtype) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
     b, d, _ = u.shape
     if chunk_size is None:
         # CPU: cache-sized chunks. CUDA: long chunks (fewer kernel launches; memory is not the limit).
@@ -501,6 +656,32 @@ def selective_scan_torch(
     out, last_state = _SelectiveScanFn.apply(*args, bool(delta_softplus), int(chunk_size))
     out = out.to(out_dtype)
     return (out, last_state) if return_last_state else out
+
+
+def _grouped_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, initial_state):
+    """Grouped ``B``/``C`` ``(b, G, n, l)``: one variable-``B``/``C`` scan per group of channels (autograd joins
+    them). ``B`` and ``C`` may have different ``G``; the channels are split into ``lcm(G_B, G_C)`` groups."""
+    d = u.shape[1]
+    gb, gc = (X.shape[1] if X.dim() == 4 else 1 for X in (B, C))
+    groups = math.lcm(gb, gc)
+    width = d // groups
+
+    def part(t, g, dim):
+        return None if t is None else t.narrow(dim, g * width, width)
+
+    def bc(X, g, gx):
+        return X if X.dim() == 3 else X[:, g * gx // groups]
+
+    outs, lasts = [], []
+    for g in range(groups):
+        res = selective_scan_torch(
+            part(u, g, 1), part(delta, g, 1), part(A, g, 0), bc(B, g, gb), bc(C, g, gc), part(D, g, 0),
+            part(z, g, 1), part(delta_bias, g, 0), delta_softplus, True, chunk_size, part(initial_state, g, 1),
+        )  # fmt: skip
+        outs.append(res[0])
+        lasts.append(res[1])
+    out = torch.cat(outs, dim=1)
+    return (out, torch.cat(lasts, dim=1)) if return_last_state else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,22 +737,40 @@ def resolve_backend(backend: str, *tensors: torch.Tensor | None) -> str:
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, backend="auto"
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    backend="auto",
+    initial_state=None,
 ):
     """Selective scan with mamba-ssm's ``selective_scan_fn`` layouts and semantics.
 
     Args:
         u: ``(b, d, l)`` input sequence.
         delta: ``(b, d, l)`` step sizes (before ``delta_bias`` and softplus).
-        A: ``(d, n)`` state matrix (diagonal per channel; negative in practice).
-        B: ``(b, n, l)`` input projections.
-        C: ``(b, n, l)`` output projections.
+        A: ``(d, n)`` state matrix (diagonal per channel; negative in practice). Complex ``A`` is not supported.
+        B: ``(b, n, l)`` input projections; also, as in mamba-ssm, constant ``(d, n)`` or grouped
+            ``(b, G, n, l)`` (channel ``c`` uses group ``c // (d / G)``).
+        C: ``(b, n, l)`` output projections, or constant / grouped like ``B``.
         D: optional ``(d,)`` skip connection.
         z: optional ``(b, d, l)`` gate; the output is multiplied by ``silu(z)``.
         delta_bias: optional ``(d,)`` added to ``delta``.
         delta_softplus: apply softplus to ``delta`` (after adding ``delta_bias``).
         return_last_state: also return the final state ``(b, d, n)``.
         backend: one of ``BACKENDS``: ``"auto"`` (default), ``"cuda"``, ``"torch"``, ``"reference"``.
+        initial_state: optional ``(b, d, n)`` state ``h_0`` the scan continues from (zeros when ``None``), e.g. the
+            ``last_state`` of the scan of the preceding tokens: scanning a sequence in pieces, each from the
+            previous piece's ``last_state``, gives the scan of the whole. Differentiable in every backend
+            (``"torch"``: in its hand-written backward). mamba-ssm's kernel has no initial state, so ``"cuda"``
+            runs it from zero and adds ``h_0``'s contribution computed in PyTorch
+            (:func:`initial_state_contribution`; exact, since the scan is linear in ``h_0``).
 
     Returns:
         ``out`` of shape ``(b, d, l)`` and dtype ``u.dtype``, or ``(out, last_state)`` where
@@ -579,7 +778,7 @@ def selective_scan(
     """
     if backend not in BACKENDS:
         raise ValueError(f"selective_scan: unknown backend {backend!r}; expected one of {BACKENDS}")
-    _validate(u, delta, A, B, C, D, z, delta_bias)
+    _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     if backend in ("auto", "cuda"):
@@ -598,9 +797,11 @@ def selective_scan(
         backend = "torch" if blockers else "cuda"
 
     if backend == "torch":
-        return selective_scan_torch(*args)
+        return selective_scan_torch(*args, initial_state=initial_state)
     if backend == "reference":
-        return selective_scan_reference(*args)
+        return selective_scan_reference(*args, initial_state=initial_state)
+    if initial_state is not None:
+        return _scan_from_initial_state(_selective_scan_cuda, *args, initial_state)
     return _selective_scan_cuda(*args)
 
 
@@ -614,7 +815,7 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     differentiable, so gradients reach every input in its own dtype. mamba-ssm does not
     back-propagate through ``last_state`` (its backward ignores that gradient).
     """
-    io = _promoted_dtype(u, delta, B, C, z)
+    io = _promoted_dtype(u, delta, *(X for X in (B, C) if X.dim() > 2), z)
 
     def cast(t, dtype):
         return None if t is None else t.to(dtype)
@@ -624,8 +825,8 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
         u.to(io),
         delta.to(io),
         A.to(torch.float32),
-        B.to(io),
-        C.to(io),
+        B.to(torch.float32 if B.dim() == 2 else io),  # constant B/C are "weights" to the kernel: float32
+        C.to(torch.float32 if C.dim() == 2 else io),
         D=cast(D, torch.float32),
         z=cast(z, io),
         delta_bias=cast(delta_bias, torch.float32),
