@@ -53,6 +53,29 @@ class StreamingStep(nn.Module):
         return (out.verb_logits, out.noun_logits, *out.cache_params.to_tensors())
 
 
+class _RMSNorm(nn.Module):
+    """``nn.RMSNorm`` written with elementary operations (the ONNX exporter has no ``aten::rms_norm``)."""
+
+    def __init__(self, norm: nn.RMSNorm):
+        super().__init__()
+        self.weight = norm.weight
+        self.eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``model`` with the ``reference`` scan and elementary RMS norms."""
+    copied = copy.deepcopy(model).float().cpu().eval()
+    copied.config.ssm_backend = "reference"
+    for module in list(copied.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.RMSNorm) and child.weight is not None:
+                setattr(module, name, _RMSNorm(child))
+    return copied
+
+
 @torch.no_grad()
 def initial_cache(model: nn.Module, question_inputs: Mapping[str, torch.Tensor]) -> Any:
     """The cache of a new stream: the questions encoded (as the model's first call does), nothing seen.
@@ -134,8 +157,7 @@ def export_streaming_step(
         raise ValueError(f"Only the Mamba fusion streams (fusion_type='mamba'), got {model.config.fusion_type!r}.")
     if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
         raise ValueError(f"`tokens_per_step` must be a positive integer, got {tokens_per_step!r}.")
-    traced = copy.deepcopy(model).float().cpu().eval()
-    traced.config.ssm_backend = "reference"
+    traced = _exportable(model)
     cache = initial_cache(traced, question_inputs)
     state = [t.detach() for t in cache.to_tensors()]
     from .cache import MambaVLCache

@@ -253,7 +253,7 @@ class MambaVLStreamer:
         start = 0
         while start < x.shape[0]:
             take = min(stride - self._pending_len, x.shape[0] - start)
-            self._pending.append(x[start : start + take].float())
+            self._pending.append(x[start : start + take])
             self._pending_len += take
             self.frames_seen += take
             start += take
@@ -277,9 +277,9 @@ class MambaVLStreamer:
 
         start = time.perf_counter()
         model = self.model
-        device = next(model.parameters()).device
-        video = {k: v.to(device) for k, v in video.items()}
-        questions = {k: v.to(device) for k, v in self._questions.items()}
+        parameter = next(model.parameters())
+        video = {k: v.to(parameter.device, parameter.dtype) for k, v in video.items()}
+        questions = {k: v.to(parameter.device) for k, v in self._questions.items()}
         if "pixel_values" in video:  # encoder tokens of the window, so that their number is known
             video = {
                 "video_features": model.mambavl.video_encoder(pixel_values=video["pixel_values"]).last_hidden_state
