@@ -11,8 +11,8 @@ from test_streaming import feature_model, processor, questions
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mambavl.export import OnnxStreamingSession, export_streaming_step  # noqa: E402
-from mambavl.streaming import MambaVLStreamer  # noqa: E402
+from mambavl.export import OnnxStreamingSession, export_streaming_step
+from mambavl.streaming import MambaVLStreamer
 
 
 @pytest.mark.parametrize("fusion_scan", ["separate", "joint"])

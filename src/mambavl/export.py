@@ -2,7 +2,8 @@
 
 A streaming step is a pure function of tensors::
 
-    (video_features (1, f, video_feature_size), *cache tensors)  ->  (verb_logits (1, V), noun_logits (1, N), *cache tensors)
+    (video_features (1, f, video_feature_size), *cache tensors)
+        ->  (verb_logits (1, V), noun_logits (1, N), *updated cache tensors)
 
 where the cache tensors are :meth:`mambavl.MambaVLCache.to_tensors` (conv and SSM states of every fusion layer,
 tokens seen, the pooling state, and the stream's question tokens, encoded once). :func:`export_streaming_step`
@@ -220,7 +221,7 @@ class OnnxStreamingSession:
         return int(sum(a.nbytes for a in self.state))
 
     def step(self, video_features: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Read ``(1, f, video_feature_size)`` new video tokens; return ``(verb_logits (1, V), noun_logits (1, N))``."""
+        """Read ``(1, f, video_feature_size)`` new video tokens; return ``verb_logits (1, V), noun_logits (1, N)``."""
         x = np.ascontiguousarray(np.asarray(video_features, dtype=np.float32))
         if x.ndim == 2:
             x = x[None]
