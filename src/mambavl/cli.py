@@ -23,6 +23,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .streaming_cli import (
+    add_online_evaluate_arguments,
+    add_stream_parser,
+    add_streaming_demo_arguments,
+    run_evaluate_online,
+    run_stream,
+    run_streaming_demo,
+)
+
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 logger = logging.getLogger("mambavl")
@@ -36,6 +45,7 @@ Commands:
   train      fine-tune on EPIC-KITCHENS-format annotations (videos, frame folders or features)
   evaluate   verb / noun / action accuracy of a saved model on annotated segments
   predict    the top-k actions of a video file (or of a time range in it)
+  stream     online action recognition / anticipation over a whole video, step by step, in constant memory
 
 Examples:
   mambavl demo
@@ -239,15 +249,18 @@ def _demo_parser(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the data, the model and the training")
     p.add_argument(
-        "--task", choices=["recognition", "anticipation"], default="recognition",
-        help="recognition: classify each clip's action; anticipation: each action follows a visible preparatory "
-        "motion, and the model sees the 1.5 s that "
-        "end 1 s before the action (EK100 protocol) (default: %(default)s)",
+        "--task", choices=["recognition", "anticipation", "streaming"], default="recognition",
+        help="anticipation: each action follows a visible preparatory motion, and the model sees the 1.5 s that "
+        "end 1 s before the action (EK100 protocol); streaming: train on clips, then stream held-out untrimmed "
+        "videos with the recurrent state and print online metrics and a timeline (default: %(default)s)",
     )  # fmt: skip
+    add_streaming_demo_arguments(p)
     p.add_argument("--quick", action="store_true", help="a tiny run (few clips, 2 epochs) to check the pipeline")
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.task == "streaming":
+        return run_streaming_demo(args)
     from .data import decode_frames
     from .demo import DEFAULT_EPOCHS, OBSERVATION_TIME, build_demo, evaluate_demo, train_demo
 
@@ -475,9 +488,12 @@ def _evaluate_parser(sub: Any) -> None:
         "without it the first one stops the evaluation",
     )  # fmt: skip
     p.add_argument("--output", type=Path, help="write the metrics to this JSON file (default: print them only)")
+    add_online_evaluate_arguments(p)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.task == "online":
+        return run_evaluate_online(args)
     from . import MambaVLProcessor
     from .data import MambaVLCollator
     from .training import evaluate
@@ -558,6 +574,7 @@ COMMANDS: list[Command] = [
     Command("train", _train_parser, run_train),
     Command("evaluate", _evaluate_parser, run_evaluate),
     Command("predict", _predict_parser, run_predict),
+    Command("stream", add_stream_parser, run_stream),
 ]
 
 

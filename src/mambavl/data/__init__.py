@@ -35,12 +35,15 @@ from .epic_kitchens import (
 from .synthetic import (
     NOUN_SPECS,
     VERB_SPECS,
+    LongVideoInfo,
     NounSpec,
     SyntheticDatasetInfo,
     VerbSpec,
+    generate_long_videos,
     generate_synthetic_dataset,
     render_clip,
 )
+from .untrimmed import BACKGROUND, ActionSegment, UntrimmedVideoLabels, untrimmed_labels
 from .video import (
     FrameIndexError,
     VideoDecodingError,
@@ -56,22 +59,26 @@ from .video import (
 
 __all__ = [
     "ANNOTATION_COLUMNS",
+    "BACKGROUND",
     "IGNORE_INDEX",
     "LABEL_COLUMNS",
     "NOUN_SPECS",
     "REQUIRED_COLUMNS",
     "VERB_SPECS",
     "ActionClass",
+    "ActionSegment",
     "EK100AnticipationDataset",
     "EK100SegmentDataset",
     "FeatureSource",
     "FrameFolderSource",
     "FrameIndexError",
     "LabelConsistencyReport",
+    "LongVideoInfo",
     "MambaVLCollator",
     "NounSpec",
     "SkippedSegment",
     "SyntheticDatasetInfo",
+    "UntrimmedVideoLabels",
     "VerbSpec",
     "VideoDecodingError",
     "VideoFileSource",
@@ -83,6 +90,7 @@ __all__ = [
     "class_names",
     "decode_frames",
     "drop_skipped",
+    "generate_long_videos",
     "generate_synthetic_dataset",
     "instances_by_key",
     "label_config",
@@ -97,6 +105,7 @@ __all__ = [
     "sample_frame_indices",
     "seconds_to_timestamp",
     "timestamp_to_seconds",
+    "untrimmed_labels",
     "write_image",
     "write_video",
 ]

@@ -31,6 +31,14 @@ length (the hand approaching the object from a direction specific to the upcomin
 ``anticipation_gap`` seconds of stillness, so an observed clip that ends ``anticipation_gap``
 seconds before the action start is informative of it (action anticipation).
 
+Long videos
+-----------
+:func:`generate_long_videos` renders *untrimmed* videos in the same kitchens, with the same objects and motions:
+many actions in a row (``segments_per_video``, 30 by default, about two minutes) separated by idle gaps of
+``idle_duration`` seconds (0.5-2 s by default) in which nothing happens, so that close to half of the time is
+background. They are the held-out streams of online action detection (``mambavl demo --task streaming``); their
+annotations are an EK100-format CSV that :func:`mambavl.data.untrimmed_labels` turns into per-time labels.
+
 Everything is deterministic in ``seed``: the CSV files are byte-identical and the decoded frames
 identical across runs. Rendering is vectorised numpy; no OpenCV or Pillow is needed.
 """
@@ -57,9 +65,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "NOUN_SPECS",
     "VERB_SPECS",
+    "LongVideoInfo",
     "NounSpec",
     "SyntheticDatasetInfo",
     "VerbSpec",
+    "generate_long_videos",
     "generate_synthetic_dataset",
     "render_clip",
 ]
@@ -926,5 +936,230 @@ def _info_from_metadata(
         size=int(params["size"]),
         preparation_time=float(params["preparation_time"]),
         anticipation_gap=float(params["anticipation_gap"]),
+        params=dict(params),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Long (untrimmed) videos
+# --------------------------------------------------------------------------------------------
+
+_LONG_VIDEO_OFFSET = 1_000_000  # video indices of long videos: their random streams differ from the clips'
+
+
+@dataclass
+class LongVideoInfo:
+    """What :func:`generate_long_videos` wrote: the videos, their EK100-format annotations and class lists."""
+
+    root: str
+    videos_dir: str
+    annotations_path: str
+    verb_classes_path: str
+    noun_classes_path: str
+    metadata_path: str
+    verb_names: list[str]
+    noun_names: list[str]
+    video_ids: list[str]
+    num_frames: dict[str, int]
+    fps: float
+    size: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def video_path(self, video_id: str) -> str:
+        """The MP4 file of ``video_id``."""
+        if video_id not in self.num_frames:
+            raise ValueError(f"Unknown long video {video_id!r}; available: {self.video_ids}")
+        return os.path.join(self.videos_dir, video_id + ".mp4")
+
+    def durations(self) -> dict[str, float]:
+        """``{video_id: seconds}``."""
+        return {vid: n / self.fps for vid, n in self.num_frames.items()}
+
+    def load_annotations(self):
+        """The annotations as a ``datasets.Dataset`` (validated against the class lists)."""
+        return load_annotations(self.annotations_path, self.verb_classes_path, self.noun_classes_path)
+
+    def labels(self) -> dict[str, Any]:
+        """``{video_id: UntrimmedVideoLabels}``: the action (or background) at every time of every video, from the
+        frame columns at the videos' frame rate."""
+        from .untrimmed import untrimmed_labels
+
+        return untrimmed_labels(
+            self.load_annotations(), annotation_fps=self.fps, durations=self.durations(), video_ids=self.video_ids
+        )
+
+
+def generate_long_videos(
+    root: str | os.PathLike,
+    *,
+    num_videos: int = 2,
+    segments_per_video: int = 30,
+    seed: int = 0,
+    size: int = 64,
+    fps: float = 12,
+    verbs: Sequence[str] | None = None,
+    nouns: Sequence[str] | None = None,
+    segment_duration: tuple[float, float] = (1.0, 2.0),
+    idle_duration: tuple[float, float] = (0.5, 2.0),
+    preparation_time: float = 0.0,
+    anticipation_gap: float = 1.0,
+    noise_std: tuple[float, float] = (2.0, 5.0),
+    camera_shake: float = 1.0,
+    num_participants: int = 4,
+    crf: int = 18,
+    overwrite: bool = False,
+) -> LongVideoInfo:
+    """Render untrimmed synthetic videos: many actions in a row with idle (background) gaps.
+
+    The kitchens are those of :func:`generate_synthetic_dataset` with the same ``seed`` and ``num_participants``
+    (video ``i`` is filmed in kitchen ``i % num_participants + 1``); the actions' placement, timing, noise and
+    labels are drawn independently of that dataset's clips, so a model trained on its clips meets new videos.
+    Layout::
+
+        <root>/videos/<video_id>.mp4          ids P01_L01, P02_L02, ...
+        <root>/annotations/long.csv           EK100 columns (1-based inclusive frames at ``fps``)
+        <root>/annotations/verb_classes.csv   and noun_classes.csv, as in generate_synthetic_dataset
+        <root>/annotations/metadata.json
+
+    Args:
+        num_videos: number of videos.
+        segments_per_video: actions per video; the labels cycle through shuffled permutations of all verbs and of
+            all nouns, so every class appears when ``segments_per_video`` is at least the number of classes.
+        idle_duration: range in seconds of the idle gap before each action (background).
+        The other arguments are those of :func:`generate_synthetic_dataset`.
+
+    Returns:
+        :class:`LongVideoInfo` (``info.labels()`` gives the per-time ground truth).
+    """
+    verb_keys = list(verbs) if verbs is not None else list(VERB_SPECS)
+    noun_keys = list(nouns) if nouns is not None else list(NOUN_SPECS)
+    for name, keys, table in (("verbs", verb_keys, VERB_SPECS), ("nouns", noun_keys, NOUN_SPECS)):
+        unknown = [k for k in keys if k not in table]
+        if unknown:
+            raise ValueError(f"Unknown {name} {unknown}; available: {sorted(table)}")
+        if len(set(keys)) != len(keys) or len(keys) < 2:
+            raise ValueError(f"`{name}` must list at least two distinct names, got {keys}")
+    if num_videos < 1:
+        raise ValueError(f"`num_videos` must be >= 1, got {num_videos}")
+    if segments_per_video < 1:
+        raise ValueError(f"`segments_per_video` must be >= 1, got {segments_per_video}")
+    if size < 16 or size % 2:
+        raise ValueError(f"`size` must be an even number >= 16, got {size}")
+    if not fps > 0:
+        raise ValueError(f"`fps` must be positive, got {fps}")
+    for name, (lo, hi) in (("segment_duration", segment_duration), ("idle_duration", idle_duration)):
+        if not 0 < lo <= hi:
+            raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high, got {(lo, hi)}")
+    if preparation_time < 0 or anticipation_gap < 0:
+        raise ValueError(
+            f"`preparation_time` and `anticipation_gap` must be >= 0, got {preparation_time}, {anticipation_gap}"
+        )
+    params = {
+        "generator_version": _GENERATOR_VERSION,
+        "kind": "long",
+        "num_videos": num_videos,
+        "segments_per_video": segments_per_video,
+        "seed": seed,
+        "size": size,
+        "fps": float(fps),
+        "verbs": verb_keys,
+        "nouns": noun_keys,
+        "segment_duration": [float(x) for x in segment_duration],
+        "idle_duration": [float(x) for x in idle_duration],
+        "preparation_time": float(preparation_time),
+        "anticipation_gap": float(anticipation_gap),
+        "noise_std": [float(x) for x in noise_std],
+        "camera_shake": float(camera_shake),
+        "num_participants": num_participants,
+        "crf": crf,
+    }
+    root = os.fspath(root)
+    videos_dir = os.path.join(root, "videos")
+    ann_dir = os.path.join(root, "annotations")
+    paths = {
+        "annotations": os.path.join(ann_dir, "long.csv"),
+        "verbs": os.path.join(ann_dir, "verb_classes.csv"),
+        "nouns": os.path.join(ann_dir, "noun_classes.csv"),
+        "meta": os.path.join(ann_dir, "metadata.json"),
+    }
+    if os.path.exists(paths["meta"]) and not overwrite:
+        with open(paths["meta"], encoding="utf-8") as handle:
+            previous = json.load(handle)
+        expected = [os.path.join(videos_dir, v + ".mp4") for v in previous.get("video_ids", [])]
+        if previous.get("params") == params and all(os.path.exists(p) for p in [*paths.values(), *expected]):
+            logger.info("Reusing the long synthetic videos in %s (same parameters)", root)
+            return _long_info(root, paths, videos_dir, previous)
+    os.makedirs(videos_dir, exist_ok=True)
+    os.makedirs(ann_dir, exist_ok=True)
+
+    verb_specs = [VERB_SPECS[k] for k in verb_keys]
+    noun_specs = [NOUN_SPECS[k] for k in noun_keys]
+    styles = {p: _kitchen_style(np.random.default_rng([seed, 2, p])) for p in range(1, num_participants + 1)}
+    rows: list[list[Any]] = []
+    video_ids, num_frames = [], {}
+    for i in range(num_videos):
+        participant = i % num_participants + 1
+        vid = f"P{participant:02d}_L{i + 1:02d}"
+        label_rng = np.random.default_rng([seed, 3, i])
+        vs = _balanced(label_rng, len(verb_specs), segments_per_video)
+        ns = _balanced(label_rng, len(noun_specs), segments_per_video)
+        labels = list(zip(vs, ns, strict=True))
+        frames, segments = _render_video(
+            _LONG_VIDEO_OFFSET + i, labels, verb_specs, noun_specs, styles[participant], params
+        )
+        write_video(os.path.join(videos_dir, vid + ".mp4"), frames, fps, crf=crf, gop_size=max(1, round(fps)))
+        video_ids.append(vid)
+        num_frames[vid] = int(frames.shape[0])
+        for seg in segments:
+            k = seg["segment"]
+            verb_word, noun_word = seg["words"]
+            start_frame, stop_frame = seg["start"] + 1, seg["stop"] + 1
+            start_s, stop_s = (start_frame - 1) / fps, stop_frame / fps
+            rows.append(
+                [
+                    f"{vid}_{k}", f"P{participant:02d}", vid,
+                    seconds_to_timestamp(start_s + 0.1 * (stop_s - start_s), decimals=3),
+                    seconds_to_timestamp(start_s, decimals=3), seconds_to_timestamp(stop_s, decimals=3),
+                    start_frame, stop_frame, _narration(verb_word, noun_word), verb_word, labels[k][0],
+                    noun_word, labels[k][1], repr([noun_word]), repr([labels[k][1]]),
+                ]
+            )  # fmt: skip
+    _write_text(paths["annotations"], _csv_text(ANNOTATION_COLUMNS, rows))
+    class_header = ("id", "key", "instances", "category")
+    _write_text(
+        paths["verbs"],
+        _csv_text(class_header, [[i, v.key, repr(list(v.instances)), v.category] for i, v in enumerate(verb_specs)]),
+    )
+    _write_text(
+        paths["nouns"],
+        _csv_text(class_header, [[i, n.key, repr(list(n.instances)), n.category] for i, n in enumerate(noun_specs)]),
+    )
+    metadata = {
+        "params": params,
+        "verb_names": verb_keys,
+        "noun_names": noun_keys,
+        "video_ids": video_ids,
+        "num_frames": num_frames,
+    }
+    _write_text(paths["meta"], json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    logger.info("Wrote %d long videos (%d segments) to %s", num_videos, len(rows), root)
+    return _long_info(root, paths, videos_dir, metadata)
+
+
+def _long_info(root: str, paths: dict[str, str], videos_dir: str, meta: dict[str, Any]) -> LongVideoInfo:
+    params = meta["params"]
+    return LongVideoInfo(
+        root=root,
+        videos_dir=videos_dir,
+        annotations_path=paths["annotations"],
+        verb_classes_path=paths["verbs"],
+        noun_classes_path=paths["nouns"],
+        metadata_path=paths["meta"],
+        verb_names=list(meta["verb_names"]),
+        noun_names=list(meta["noun_names"]),
+        video_ids=list(meta["video_ids"]),
+        num_frames={k: int(v) for k, v in meta["num_frames"].items()},
+        fps=float(params["fps"]),
+        size=int(params["size"]),
         params=dict(params),
     )

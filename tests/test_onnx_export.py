@@ -1,0 +1,54 @@
+"""ONNX export of one streaming step, run with onnxruntime against PyTorch over a 100-step stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_streaming import feature_model, processor, questions
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from mambavl.export import OnnxStreamingSession, export_streaming_step
+from mambavl.streaming import MambaVLStreamer
+
+
+@pytest.mark.parametrize("fusion_scan", ["separate", "joint"])
+def test_onnx_stream_matches_pytorch_over_100_steps(tmp_path, fusion_scan):
+    model = feature_model(fusion_scan=fusion_scan, num_fusion_layers=2, pool_window=6)
+    proc = processor()
+    q = questions(proc)
+    exported = export_streaming_step(model, tmp_path / "step.onnx", question_inputs=q, tokens_per_step=3)
+    assert exported.path.exists() and exported.state_path.exists()
+    session = OnnxStreamingSession(exported.path)
+    streamer = MambaVLStreamer(model, proc, stride=3)
+    g = torch.Generator().manual_seed(1)
+    size = session.nbytes
+    worst = 0.0
+    for _ in range(100):
+        tokens = torch.randn(1, 3, 12, generator=g)
+        (step,) = streamer.push_features(tokens[0])
+        verb, noun = session.step(tokens.numpy())
+        worst = max(worst, float(np.abs(verb[0] - step.verb_logits.numpy()).max()))
+        worst = max(worst, float(np.abs(noun[0] - step.noun_logits.numpy()).max()))
+        assert session.nbytes == size
+    assert worst < 1e-4
+    session.reset()
+    first = session.step(np.zeros((1, 3, 12), np.float32))[0]
+    streamer.reset()
+    (again,) = streamer.push_features(torch.zeros(3, 12))
+    np.testing.assert_allclose(first[0], again.verb_logits.numpy(), atol=1e-4)
+
+
+def test_export_errors(tmp_path):
+    model = feature_model(pool_window=6)
+    q = questions(processor())
+    with pytest.raises(ValueError, match="tokens_per_step"):
+        export_streaming_step(model, tmp_path / "s.onnx", question_inputs=q, tokens_per_step=0)
+    with pytest.raises(ValueError, match="fusion_type"):
+        export_streaming_step(feature_model(fusion_type="mlp"), tmp_path / "s.onnx", question_inputs=q,
+                              tokens_per_step=2)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="export_streaming_step"):
+        OnnxStreamingSession(tmp_path / "missing.onnx")

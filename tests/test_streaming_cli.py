@@ -1,0 +1,91 @@
+"""`mambavl stream`, `mambavl evaluate --task online` on a tiny saved model and synthetic long videos."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from mambavl.cli import main
+from mambavl.data import generate_long_videos, read_image
+from test_streaming import VERBS, frame_model, processor
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream_cli")
+    model = frame_model(verb_id2label=dict(enumerate(VERBS)))
+    model.save_pretrained(root / "model")
+    processor().save_pretrained(root / "model")
+    info = generate_long_videos(
+        root / "long", num_videos=2, segments_per_video=3, size=32, fps=8, verbs=["take", "put"],
+        nouns=["cup", "plate"], idle_duration=(0.5, 1.0),
+    )  # fmt: skip
+    return root, info
+
+
+def test_stream_writes_predictions_timeline_and_metrics(saved, capsys, tmp_path):
+    root, info = saved
+    video = info.video_path(info.video_ids[0])
+    out = tmp_path / "pred.csv"
+    code = main([
+        "stream", video, "--model", str(root / "model"), "--annotations", info.annotations_path, "--window", "8",
+        "--stride", "4", "--output", str(out), "--output-dir", str(tmp_path), "--quiet",
+    ])  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    frames = info.num_frames[info.video_ids[0]]
+    assert len(rows) == (frames - 8) // 4 + 1
+    assert [int(r["frame"]) for r in rows[:2]] == [7, 11] and float(rows[1]["time"]) == pytest.approx(11 / 8)
+    verbs, _ = info.labels()[info.video_ids[0]].at([float(r["time"]) for r in rows])
+    assert [int(r["true_verb_id"]) for r in rows] == verbs.tolist()
+    assert read_image(tmp_path / f"{info.video_ids[0]}.timeline.png").shape[1] > 1000
+    printed = capsys.readouterr().out
+    assert "action_mAP" in printed and "background_rate" in printed and "ms per step" in printed
+
+
+def test_stream_jsonl_and_features(saved, tmp_path, capsys):
+    root, _ = saved
+    features = np.random.default_rng(0).standard_normal((20, 24)).astype(np.float32)
+    np.save(tmp_path / "feats.npy", features)
+    code = main([
+        "stream", str(tmp_path / "feats.npy"), "--model", str(root / "model"), "--stride", "5", "--feature-fps", "2",
+        "--output-dir", str(tmp_path), "--no-timeline", "--top-k", "2",
+    ])  # fmt: skip
+    assert code == 0
+    lines = (tmp_path / "feats.predictions.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["time"] for r in records] == [2.0, 4.5, 7.0, 9.5] and len(records[0]["actions"]) == 2
+    assert "9.50 s" in capsys.readouterr().out  # a line per step: time, top action, score
+
+
+def test_evaluate_online(saved, tmp_path, capsys):
+    root, info = saved
+    out = tmp_path / "metrics.json"
+    code = main([
+        "evaluate", "--task", "online", "--model", str(root / "model"), "--annotations", info.annotations_path,
+        "--video-root", info.videos_dir, "--window", "8", "--stride", "4", "--output", str(out),
+        "--predictions-dir", str(tmp_path / "pred"),
+    ])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    total = sum((n - 8) // 4 + 1 for n in info.num_frames.values())
+    assert metrics["num_steps"] == total and sorted(metrics["videos"]) == sorted(info.video_ids)
+    assert 0 <= metrics["action_top1"] <= 100 and 0 < metrics["background_rate"] < 100
+    assert (tmp_path / "pred" / f"{info.video_ids[1]}.timeline.png").exists()
+
+
+def test_user_errors(saved, tmp_path):
+    root, info = saved
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["stream", str(tmp_path / "missing.mp4"), "--model", str(root / "model")])
+    with pytest.raises(SystemExit, match=r"config\.json"):
+        main(["stream", info.video_path(info.video_ids[0]), "--model", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--pool-window"):
+        main(["stream", info.video_path(info.video_ids[0]), "--model", str(root / "model"), "--pool-window", "x"])
+    with pytest.raises(SystemExit, match="both"):
+        main(["stream", info.video_path(info.video_ids[0]), "--model", str(root / "model"), "--verb-question", "q"])
