@@ -76,6 +76,15 @@ def question_length_limit(text_encoder: nn.Module) -> tuple[int | None, int | No
     return table.num_embeddings, None
 
 
+def _values_readable(tensor: torch.Tensor) -> bool:
+    """Whether a check may look at values: not on ``meta`` tensors (FLOP counting), nor while tracing or compiling
+    (export), where data-dependent branches are not allowed."""
+    if tensor.device.type == "meta" or torch.jit.is_tracing():
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return not (compiler is not None and compiler.is_compiling())
+
+
 def check_question_ids(name: str, input_ids: torch.Tensor, text_encoder: nn.Module) -> None:
     """Token ids inside the question encoder's vocabulary, and no more tokens than its position limit.
 
@@ -83,12 +92,15 @@ def check_question_ids(name: str, input_ids: torch.Tensor, text_encoder: nn.Modu
         TypeError: ``{name}_input_ids`` is not an integer tensor.
         ValueError: an id outside ``0..vocab_size-1`` (a tokenizer of another model?), or a question longer
             than the limit of :func:`question_length_limit` (the message names the limit).
+
+    Checks of values are skipped where values cannot be read (``meta`` tensors, tracing, compiling).
     """
     arg = f"`{name}_input_ids`"
     if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
         raise TypeError(f"{arg} must hold integer token ids (torch.long), got dtype {input_ids.dtype}.")
+    readable = _values_readable(input_ids)
     vocab = question_vocab_size(text_encoder)
-    if vocab is not None and input_ids.numel():
+    if vocab is not None and input_ids.numel() and readable:
         bad = (input_ids < 0) | (input_ids >= vocab)
         if bad.any():  # one host sync
             value = int(input_ids[bad][0])
@@ -99,7 +111,7 @@ def check_question_ids(name: str, input_ids: torch.Tensor, text_encoder: nn.Modu
             )
     limit, padding_idx = question_length_limit(text_encoder)
     length = input_ids.shape[-1]
-    if limit is not None and length > limit:
+    if limit is not None and length > limit and (padding_idx is None or readable):
         tokens = length if padding_idx is None else int((input_ids != padding_idx).sum(dim=-1).max())
         if tokens > limit:
             raise ValueError(
