@@ -233,6 +233,9 @@ def test_word_forms_add_regular_plurals_the_dictionary_lacks():
     assert "ons" in phrase_word_forms("turn-on") and "turns" in phrase_word_forms("turn-on")
     assert "ons" not in phrase_word_forms("turn on tap")  # only the last word
     assert "tape" not in word_forms("tap") and "taped" not in word_forms("tap")
+    # an EK100 instance (synonym) ending in a particle: its plural is masked inside the instance only
+    masked = mask_phrases("throw left overs in the bin, two overs", ["throw", "rubbish"], M, synonyms=["over:left"])
+    assert masked == "[MASK] [MASK] in the bin, two overs"
 
 
 @settings(max_examples=200, deadline=None)

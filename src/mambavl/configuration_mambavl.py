@@ -233,7 +233,11 @@ class MambaVLConfig(PretrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs: Any) -> None:
+        found = kwargs.get("model_type", self.model_type)
+        if found != self.model_type:  # e.g. the config.json of a BERT folder
+            raise ValueError(f"This is the configuration of a {found!r} model, not of a MambaVL model ('mambavl').")
         _reject_single_head_labels(self, kwargs)
+        _warn_unknown_kwargs(type(self).__name__, kwargs)
         super().__post_init__(**kwargs)
         # A two-head model has no single label space: `id2label` / `label2id` stay absent (the base class fills a
         # two-label default).
@@ -289,6 +293,16 @@ class MambaVLConfig(PretrainedConfig):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
 
+        def number(name: str, low: float, high: float = math.inf, *, low_closed: bool, high_closed: bool = False):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+            if not ((low <= value) if low_closed else (low < value)) or not (
+                (value <= high) if high_closed else (value < high)
+            ):
+                interval = f"{'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
+                raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
+
         for name in (
             "hidden_size", "state_size", "expand", "conv_kernel", "num_fusion_layers", "fusion_transformer_depth",
             "fusion_transformer_heads",
@@ -307,22 +321,24 @@ class MambaVLConfig(PretrainedConfig):
         choice("time_step_init_scheme", ("random", "constant"))
         if self.time_step_rank != "auto":
             positive_int("time_step_rank")
-        if not 0 < self.time_step_min <= self.time_step_max:
+        # Every float field: a finite number in its range (Δ's initial range and floor, the init scales, ...).
+        number("time_step_min", 0.0, low_closed=False)
+        number("time_step_max", 0.0, low_closed=False)
+        if not self.time_step_min <= self.time_step_max:
             raise ValueError(
                 "`time_step_min` and `time_step_max` must satisfy 0 < time_step_min <= time_step_max, got "
                 f"time_step_min={self.time_step_min!r}, time_step_max={self.time_step_max!r}."
             )
-        if not self.time_step_floor > 0:
-            raise ValueError(f"`time_step_floor` must be positive, got {self.time_step_floor!r}.")
+        number("time_step_floor", 0.0, low_closed=False)
+        number("time_step_scale", 0.0, low_closed=False)  # scale of the dt_proj weight initialisation
+        number("initializer_range", 0.0, low_closed=False)  # standard deviation of the normal initialisation
+        number("head_dropout", 0.0, 1.0, low_closed=True)
+        number("layer_norm_epsilon", 0.0, low_closed=False)
         if self.fusion_type == "transformer" and self.hidden_size % self.fusion_transformer_heads:
             raise ValueError(
                 f"`fusion_transformer_heads` ({self.fusion_transformer_heads}) must divide `hidden_size` "
                 f"({self.hidden_size})."
             )
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError(f"`head_dropout` must be in [0, 1), got {self.head_dropout!r}.")
-        if not self.layer_norm_epsilon > 0:
-            raise ValueError(f"`layer_norm_epsilon` must be positive, got {self.layer_norm_epsilon!r}.")
         if self.video_config is not None and not hasattr(self.video_config, "hidden_size"):
             raise ValueError(
                 f"`video_config` ({type(self.video_config).__name__}) has no `hidden_size`: MambaVL needs a "
@@ -338,3 +354,50 @@ class MambaVLConfig(PretrainedConfig):
                 f"({self.video_config.hidden_size}) when `video_config` is set: precomputed features then come "
                 "from that encoder."
             )
+
+
+# Keyword arguments that transformers itself passes through (or once wrote into) configs: attributes of
+# PretrainedConfig, generation parameters popped by it, and keys of older config.json files.
+_TRANSFORMERS_KWARGS = frozenset(
+    {
+        "attn_implementation", "experts_implementation", "rope_theta", "rope_parameters", "torchscript",
+        "use_bfloat16", "pruned_heads", "tie_word_embeddings", "is_decoder", "add_cross_attention",
+        "cross_attention_hidden_size", "tie_encoder_decoder", "finetuning_task", "tokenizer_class", "prefix",
+        "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
+        "task_specific_params", "tf_legacy_loss", "gradient_checkpointing", "use_cache",
+    }
+)  # fmt: skip
+_warned_kwargs: set[tuple[str, str]] = set()
+
+
+def _is_transformers_kwarg(key: str) -> bool:
+    if key.startswith("_") or key in _TRANSFORMERS_KWARGS or hasattr(PretrainedConfig, key):
+        return True
+    try:
+        from transformers import GenerationConfig
+
+        return key in GenerationConfig._get_default_generation_params()
+    except (ImportError, AttributeError):
+        return False
+
+
+def _warn_unknown_kwargs(class_name: str, kwargs: dict[str, Any]) -> None:
+    """Warn (once per name) about keyword arguments that are neither config fields nor transformers' own.
+
+    They are still kept as attributes, as transformers does, so that a config written by a newer version loads.
+    """
+    import difflib
+    import logging
+
+    fields = set(MambaVLConfig.__dataclass_fields__)
+    for key in sorted(kwargs):
+        if _is_transformers_kwarg(key) or (class_name, key) in _warned_kwargs:
+            continue
+        _warned_kwargs.add((class_name, key))
+        close = difflib.get_close_matches(key, sorted(fields), n=1)
+        logging.getLogger(__name__).warning(
+            "%s got the unknown keyword argument %r: MambaVL does not use it (it is kept as an attribute)%s",
+            class_name,
+            key,
+            f"; did you mean {close[0]!r}?" if close else ".",
+        )

@@ -13,6 +13,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from ._model_checks import check_pretrained_folder, check_question_ids, check_video_dtype
 from .cache import MambaVLCache
 from .configuration_mambavl import MambaVLConfig
 from .fusion import build_fusion
@@ -276,6 +277,13 @@ class MambaVLPreTrainedModel(MambaVLHubMixin, PreTrainedModel):
                 init.zeros_(token_type_ids)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """As ``PreTrainedModel.from_pretrained``, after checking a local folder: a folder without ``config.json``,
+        of another model type, or with a corrupt ``.safetensors`` file fails with an error naming the file."""
+        check_pretrained_folder(pretrained_model_name_or_path, cls.config_class.model_type, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
     def from_pretrained_backbones(
         cls,
         video: str | os.PathLike | PreTrainedModel | None = None,
@@ -397,6 +405,7 @@ class MambaVLModel(MambaVLPreTrainedModel):
                 )
             if pixel_values.dim() != 5:
                 raise ValueError(f"`pixel_values` must be (B, T, C, H, W), got shape {tuple(pixel_values.shape)}.")
+            check_video_dtype("pixel_values", pixel_values, self.video_encoder.dtype)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not _is_frozen(self.video_encoder)):
                 extra = {"output_attentions": True} if output_attentions else {}
                 out = self.video_encoder(pixel_values=pixel_values, **extra)
@@ -406,6 +415,8 @@ class MambaVLModel(MambaVLPreTrainedModel):
                 f"`video_features` must be (B, F, {self.config.video_feature_size}), got shape "
                 f"{tuple(video_features.shape)}."
             )
+        else:
+            check_video_dtype("video_features", video_features, self.video_projection.weight.dtype)
         tokens = self.video_projection(video_features)
         return (tokens, attentions) if output_attentions else tokens
 
@@ -426,6 +437,7 @@ class MambaVLModel(MambaVLPreTrainedModel):
             )
         if input_ids.dim() != 2 or input_ids.shape[0] != batch_size:
             raise ValueError(f"`{name}_input_ids` must be (B={batch_size}, L), got shape {tuple(input_ids.shape)}.")
+        check_question_ids(name, input_ids, self.text_encoder)  # vocabulary and position limit
         if attention_mask is not None:
             if attention_mask.shape != input_ids.shape:
                 raise ValueError(
