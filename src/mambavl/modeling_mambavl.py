@@ -253,11 +253,16 @@ class MambaVLPreTrainedModel(MambaVLHubMixin, PreTrainedModel):
         return self
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        """``PreTrainedModel.from_pretrained``, then re-freezes the frozen backbones: loading replaces every
-        parameter with a new trainable one, which would silently fine-tune a frozen encoder (and make DDP wait
-        for gradients that never come)."""
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``, with two additions.
+
+        A local folder is checked first: a folder without ``config.json``, of another model type, or with a corrupt
+        ``.safetensors`` file fails with an error naming the file. After loading, the frozen backbones are frozen
+        again: loading replaces every parameter with a new trainable one, which would silently fine-tune a frozen
+        encoder (and make DDP wait for gradients that never come).
+        """
+        check_pretrained_folder(pretrained_model_name_or_path, cls.config_class.model_type, kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         for module in model.modules():
             if _is_frozen(module):
@@ -275,13 +280,6 @@ class MambaVLPreTrainedModel(MambaVLHubMixin, PreTrainedModel):
                 init.copy_(position_ids, torch.arange(position_ids.shape[-1]).expand_as(position_ids))
             if isinstance(token_type_ids := getattr(module, "token_type_ids", None), torch.Tensor):
                 init.zeros_(token_type_ids)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
-        """As ``PreTrainedModel.from_pretrained``, after checking a local folder: a folder without ``config.json``,
-        of another model type, or with a corrupt ``.safetensors`` file fails with an error naming the file."""
-        check_pretrained_folder(pretrained_model_name_or_path, cls.config_class.model_type, kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
     def from_pretrained_backbones(
