@@ -1,11 +1,14 @@
 """Training and evaluation loops with 🤗 Accelerate, shared by the ``mambavl`` CLI and the examples.
 
 One loop, readable top to bottom (:func:`train`): AdamW with a warm-up + cosine schedule, mixed precision and
-gradient accumulation through Accelerate, a checkpoint every ``save_steps`` optimizer steps and at the end of
-every epoch, exact resumption from the last checkpoint (mid-epoch included), a JSON-lines metrics log, tqdm
-progress bars and an evaluation after every epoch. It runs unchanged on one CPU, one GPU or many processes
-(``accelerate launch`` / ``torchrun``); ``batch_size`` is always the *global* batch, split across processes, so a
-run on two processes follows the same trajectory as a run on one.
+gradient accumulation through Accelerate, a checkpoint every ``save_steps`` optimizer steps, at the end of every
+epoch and at the step limit, exact resumption from the last checkpoint (mid-epoch included), a JSON-lines metrics
+log, tqdm progress bars and an evaluation after every epoch. A NaN or infinite loss stops the run
+(:class:`NonFiniteLossError`, naming the step and the clips) before it reaches the weights. It runs unchanged on one
+CPU, one GPU or many processes (``accelerate launch`` / ``torchrun``); ``batch_size`` is always the *global* batch,
+split across processes, so a run on two processes follows the trajectory of a run on one, up to floating-point
+rounding, when the model draws no random numbers in training (no dropout) and every batch half has as many labels
+(the loss is a mean per process, and DDP averages the processes' gradients).
 
 A checkpoint folder ``<output_dir>/checkpoints/step-<N>`` holds Accelerate's state (model, optimizer, scheduler and
 RNG states; weights as safetensors), ``trainer_state.json`` (epoch, step, metrics history) and a ``model`` folder
@@ -77,7 +80,8 @@ class TrainingConfig:
         gradient_accumulation_steps: batches whose gradients are summed before each optimizer step.
         max_grad_norm: gradient clipping norm (``None``: no clipping).
         mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (GPU only).
-        seed: seeds weights' randomness (dropout), data order and augmentation.
+        seed: seeds dropout, data order and augmentation (the same on every process). The model's initial weights
+            are drawn before :func:`train` is called: seed before building it (the ``mambavl`` CLI does).
         num_workers: DataLoader worker processes.
         save_steps: also checkpoint every this many optimizer steps.
         save_each_epoch: checkpoint at the end of every epoch.
@@ -86,7 +90,9 @@ class TrainingConfig:
             (resume from the last checkpoint in ``output_dir`` if any), or a checkpoint path.
         logging_steps: optimizer steps between lines of the metrics log.
         eval_each_epoch: evaluate on ``eval_dataset`` after every epoch.
-        max_steps: stop after this many optimizer steps (the learning-rate schedule is planned for them).
+        max_steps: stop after this many optimizer steps (the learning-rate schedule is planned for them; a run
+            resumed with a new limit re-plans it for that limit from the step it resumes at). A limit reached
+            mid-epoch leaves the epoch incomplete: a resumed run trains on its remaining batches.
         task: ``"recognition"`` (top-1/top-5 accuracies) or ``"anticipation"`` (class-mean top-5 recall).
         metric_for_best_model: evaluation metric tracked as ``best_metric`` in the trainer state.
         progress_bar: show tqdm progress bars (main process only).
@@ -439,11 +445,16 @@ def train(
         eval_dataset: evaluated after every epoch when given.
         eval_collate_fn: collator for evaluation (label-free questions); defaults to ``collate_fn``.
         processor: saved next to every model (``save_pretrained``) so checkpoints are self-contained.
-        callbacks: called with a dict (``global_step``, ``epoch``, ``loss``, ...) after every optimizer step;
-            an exception raised there stops training (the last checkpoint stays resumable).
+        callbacks: called with a dict (``global_step``, ``epoch``, ``lr`` (the learning rate of that step),
+            ``loss``, ``verb_loss``, ``noun_loss``: means over all processes' batches since the last log line that
+            had labels) after every optimizer step; an exception raised there stops training (the last checkpoint
+            stays resumable).
 
     Returns:
         A :class:`TrainingResult`.
+
+    Raises:
+        NonFiniteLossError: a batch's loss was NaN or infinite (raised on every process, before that step).
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
