@@ -253,7 +253,8 @@ def _training_loss(out: Any) -> torch.Tensor:
     every clip is unlabelled), connected to the outputs so that every process back-propagates (DDP needs it)."""
     if out.loss is not None:
         return out.loss
-    outputs = [v for v in out.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    values = out.values() if isinstance(out, Mapping) else ()
+    outputs = [v for v in values if isinstance(v, torch.Tensor) and v.requires_grad]
     if not outputs:
         raise ValueError("The model returned no `loss` for a training batch: the batches need labels.")
     return sum(v.float().sum() for v in outputs) * 0.0  # (NaN outputs still give NaN: _check_finite sees it)
@@ -567,7 +568,8 @@ def train(
             bar.update(1)
             record = {"global_step": state["global_step"], "epoch": epoch, "lr": lr}
             record.update({name: total / count for name, (total, count) in running.items()})
-            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
+            if "loss" in record:
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
             if state["global_step"] % cfg.logging_steps == 0 or state["global_step"] == total_steps:
                 if accelerator.is_main_process:
                     _append_jsonl(log_path, {"event": "train", **record})
@@ -657,7 +659,7 @@ def _check_finite(
     all_ids = gather_object(pending_ids) if accelerator.num_processes > 1 else pending_ids
     per_process = len(pending_ids)
     micro = sorted({r % per_process for r in bad})
-    ids = [i for p in range(len(stats) // per_process) for m in micro for i in all_ids[p * per_process + m]]
+    ids = [i for m in micro for p in range(len(stats) // per_process) for i in all_ids[p * per_process + m]]
     row = stats[bad[0]]
     losses = {name: row[2 * i] for i, name in enumerate(LOSS_NAMES) if not math.isfinite(row[2 * i])}
     _finish(accelerator)
