@@ -264,26 +264,21 @@ def _loss_stats(out: Any, loss: torch.Tensor, batch: Mapping[str, Any], device: 
     """``(2 * len(LOSS_NAMES),)`` on the device: for each loss, its value and whether the batch counts for it (has
     a label that is not ignored; a batch whose labels are all ``-100``, or that has none, has a loss of 0 that must
     not be averaged in). A loss the output lacks is (0, 0); ``loss`` is :func:`_training_loss`."""
-    labels = {name: batch.get(f"{name}_labels") for name in ("verb", "noun")}
-    labelled = {
-        name: (value != IGNORE_INDEX).any() if isinstance(value, torch.Tensor) else None
-        for name, value in labels.items()
-    }
+    one, zero = torch.ones((), device=device), torch.zeros((), device=device)  # (fills: no host-device copy)
+    labelled = {}
+    for name in ("verb", "noun"):
+        value = batch.get(f"{name}_labels")
+        labelled[name] = (value != IGNORE_INDEX).any().float() if isinstance(value, torch.Tensor) else None
     present = [flag for flag in labelled.values() if flag is not None]
     counts = {
-        "loss": torch.stack(present).any() if present else torch.tensor(True, device=device),
-        "verb_loss": labelled["verb"] if labelled["verb"] is not None else torch.tensor(True, device=device),
-        "noun_loss": labelled["noun"] if labelled["noun"] is not None else torch.tensor(True, device=device),
+        "loss": (torch.stack(present).amax() if present else one) if out.loss is not None else zero,
+        "verb_loss": labelled["verb"] if labelled["verb"] is not None else one,
+        "noun_loss": labelled["noun"] if labelled["noun"] is not None else one,
     }
-    if out.loss is None:
-        counts["loss"] = torch.tensor(False, device=device)
     stats = []
     for name in LOSS_NAMES:
         value = loss if name == "loss" else getattr(out, name, None)
-        if value is None:
-            stats += [torch.zeros((), device=device), torch.zeros((), device=device)]
-        else:
-            stats += [value.detach().float().reshape(()), counts[name].float().to(device)]
+        stats += [zero, zero] if value is None else [value.detach().float().reshape(()), counts[name]]
     return torch.stack(stats)
 
 
