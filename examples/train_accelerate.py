@@ -19,6 +19,8 @@ import argparse
 import logging
 import os
 
+from accelerate.utils import set_seed
+
 from mambavl import MambaVLForActionRecognition, MambaVLProcessor
 from mambavl.data import (
     EK100SegmentDataset,
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mambavl").setLevel(logging.INFO)  # the evaluation after each epoch, resumption
+    set_seed(args.seed)  # before the model: its fusion, projections and heads are drawn from the seed
     model, processor = build_model_and_processor(args)
     num_frames = processor.video_processor.num_frames
 

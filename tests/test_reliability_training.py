@@ -318,3 +318,32 @@ def test_a_batch_without_labels_adds_nothing_to_the_logged_loss(tmp_path, ignore
     assert math.isfinite(second["loss"]) and second["loss"] > 0
     # logged over steps 1 and 2 together, the loss is step 2's alone (not halved by step 1's zero)
     assert records[2][1]["loss"] == second["loss"] and records[2][1]["noun_loss"] == second["noun_loss"]
+
+
+NAN_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from mambavl.training import NonFiniteLossError
+from test_reliability_training import feature_items, feature_training
+model, start = feature_training(feature_items(nan_at=5), Path({out!r}))
+try:
+    start()
+except NonFiniteLossError as error:
+    Path({out!r}, "error-" + os.environ["RANK"] + ".json").write_text(json.dumps([error.step, error.narration_ids]))
+"""
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_of_two_processes_stops_both(tmp_path):
+    from test_training import REPO
+
+    order = list(EpochSampler(8, seed=0))
+    step = order.index(5) // 4 + 1
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_SCRIPT.format(tests=str(REPO / "tests"), out=str(tmp_path / "run")))
+    run_command([*TWO_PROCESSES, str(script)], tmp_path)  # both processes end (no hang), cleanly
+    batch = order[(step - 1) * 4 : step * 4]  # process 0 takes the first half of each batch, process 1 the second
+    for rank in ("0", "1"):  # the clip with NaN features is in one half, and both processes stop, naming all four
+        error_step, ids = json.loads((tmp_path / "run" / f"error-{rank}.json").read_text())
+        assert error_step == step and ids == [f"P01_01_{i}" for i in batch], rank

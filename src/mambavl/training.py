@@ -1,11 +1,14 @@
 """Training and evaluation loops with 🤗 Accelerate, shared by the ``mambavl`` CLI and the examples.
 
 One loop, readable top to bottom (:func:`train`): AdamW with a warm-up + cosine schedule, mixed precision and
-gradient accumulation through Accelerate, a checkpoint every ``save_steps`` optimizer steps and at the end of
-every epoch, exact resumption from the last checkpoint (mid-epoch included), a JSON-lines metrics log, tqdm
-progress bars and an evaluation after every epoch. It runs unchanged on one CPU, one GPU or many processes
-(``accelerate launch`` / ``torchrun``); ``batch_size`` is always the *global* batch, split across processes, so a
-run on two processes follows the same trajectory as a run on one.
+gradient accumulation through Accelerate, a checkpoint every ``save_steps`` optimizer steps, at the end of every
+epoch and at the step limit, exact resumption from the last checkpoint (mid-epoch included), a JSON-lines metrics
+log, tqdm progress bars and an evaluation after every epoch. A NaN or infinite loss stops the run
+(:class:`NonFiniteLossError`, naming the step and the clips) before it reaches the weights. It runs unchanged on one
+CPU, one GPU or many processes (``accelerate launch`` / ``torchrun``); ``batch_size`` is always the *global* batch,
+split across processes, so a run on two processes follows the trajectory of a run on one, up to floating-point
+rounding, when the model draws no random numbers in training (no dropout) and every batch half has as many labels
+(the loss is a mean per process, and DDP averages the processes' gradients).
 
 A checkpoint folder ``<output_dir>/checkpoints/step-<N>`` holds Accelerate's state (model, optimizer, scheduler and
 RNG states; weights as safetensors), ``trainer_state.json`` (epoch, step, metrics history) and a ``model`` folder
@@ -79,7 +82,8 @@ class TrainingConfig:
         gradient_accumulation_steps: batches whose gradients are summed before each optimizer step.
         max_grad_norm: gradient clipping norm (``None``: no clipping).
         mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (GPU only).
-        seed: seeds weights' randomness (dropout), data order and augmentation.
+        seed: seeds dropout, data order and augmentation (the same on every process). The model's initial weights
+            are drawn before :func:`train` is called: seed before building it (the ``mambavl`` CLI does).
         num_workers: DataLoader worker processes.
         save_steps: also checkpoint every this many optimizer steps.
         save_each_epoch: checkpoint at the end of every epoch.
@@ -88,7 +92,9 @@ class TrainingConfig:
             (resume from the last checkpoint in ``output_dir`` if any), or a checkpoint path.
         logging_steps: optimizer steps between lines of the metrics log.
         eval_each_epoch: evaluate on ``eval_dataset`` after every epoch.
-        max_steps: stop after this many optimizer steps (the learning-rate schedule is planned for them).
+        max_steps: stop after this many optimizer steps (the learning-rate schedule is planned for them; a run
+            resumed with a new limit re-plans it for that limit from the step it resumes at). A limit reached
+            mid-epoch leaves the epoch incomplete: a resumed run trains on its remaining batches.
         task: ``"recognition"`` (top-1/top-5 accuracies) or ``"anticipation"`` (class-mean top-5 recall).
         metric_for_best_model: evaluation metric tracked as ``best_metric`` in the trainer state.
         progress_bar: show tqdm progress bars (main process only).
@@ -249,7 +255,8 @@ def _training_loss(out: Any) -> torch.Tensor:
     every clip is unlabelled), connected to the outputs so that every process back-propagates (DDP needs it)."""
     if out.loss is not None:
         return out.loss
-    outputs = [v for v in out.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    values = out.values() if isinstance(out, Mapping) else ()
+    outputs = [v for v in values if isinstance(v, torch.Tensor) and v.requires_grad]
     if not outputs:
         raise ValueError("The model returned no `loss` for a training batch: the batches need labels.")
     return sum(v.float().sum() for v in outputs) * 0.0  # (NaN outputs still give NaN: _check_finite sees it)
@@ -259,26 +266,21 @@ def _loss_stats(out: Any, loss: torch.Tensor, batch: Mapping[str, Any], device: 
     """``(2 * len(LOSS_NAMES),)`` on the device: for each loss, its value and whether the batch counts for it (has
     a label that is not ignored; a batch whose labels are all ``-100``, or that has none, has a loss of 0 that must
     not be averaged in). A loss the output lacks is (0, 0); ``loss`` is :func:`_training_loss`."""
-    labels = {name: batch.get(f"{name}_labels") for name in ("verb", "noun")}
-    labelled = {
-        name: (value != IGNORE_INDEX).any() if isinstance(value, torch.Tensor) else None
-        for name, value in labels.items()
-    }
+    one, zero = torch.ones((), device=device), torch.zeros((), device=device)  # (fills: no host-device copy)
+    labelled = {}
+    for name in ("verb", "noun"):
+        value = batch.get(f"{name}_labels")
+        labelled[name] = (value != IGNORE_INDEX).any().float() if isinstance(value, torch.Tensor) else None
     present = [flag for flag in labelled.values() if flag is not None]
     counts = {
-        "loss": torch.stack(present).any() if present else torch.tensor(True, device=device),
-        "verb_loss": labelled["verb"] if labelled["verb"] is not None else torch.tensor(True, device=device),
-        "noun_loss": labelled["noun"] if labelled["noun"] is not None else torch.tensor(True, device=device),
+        "loss": (torch.stack(present).amax() if present else one) if out.loss is not None else zero,
+        "verb_loss": labelled["verb"] if labelled["verb"] is not None else one,
+        "noun_loss": labelled["noun"] if labelled["noun"] is not None else one,
     }
-    if out.loss is None:
-        counts["loss"] = torch.tensor(False, device=device)
     stats = []
     for name in LOSS_NAMES:
         value = loss if name == "loss" else getattr(out, name, None)
-        if value is None:
-            stats += [torch.zeros((), device=device), torch.zeros((), device=device)]
-        else:
-            stats += [value.detach().float().reshape(()), counts[name].float().to(device)]
+        stats += [zero, zero] if value is None else [value.detach().float().reshape(()), counts[name]]
     return torch.stack(stats)
 
 
@@ -444,11 +446,16 @@ def train(
         eval_dataset: evaluated after every epoch when given.
         eval_collate_fn: collator for evaluation (label-free questions); defaults to ``collate_fn``.
         processor: saved next to every model (``save_pretrained``) so checkpoints are self-contained.
-        callbacks: called with a dict (``global_step``, ``epoch``, ``loss``, ...) after every optimizer step;
-            an exception raised there stops training (the last checkpoint stays resumable).
+        callbacks: called with a dict (``global_step``, ``epoch``, ``lr`` (the learning rate of that step),
+            ``loss``, ``verb_loss``, ``noun_loss``: means over all processes' batches since the last log line that
+            had labels) after every optimizer step; an exception raised there stops training (the last checkpoint
+            stays resumable).
 
     Returns:
         A :class:`TrainingResult`.
+
+    Raises:
+        NonFiniteLossError: a batch's loss was NaN or infinite (raised on every process, before that step).
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -568,7 +575,8 @@ def train(
             bar.update(1)
             record = {"global_step": state["global_step"], "epoch": epoch, "lr": lr}
             record.update({name: total / count for name, (total, count) in running.items()})
-            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
+            if "loss" in record:
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
             if state["global_step"] % cfg.logging_steps == 0 or state["global_step"] == total_steps:
                 if accelerator.is_main_process:
                     _append_jsonl(log_path, {"event": "train", **record})
@@ -681,7 +689,7 @@ def _check_finite(
     all_ids = gather_object(pending_ids) if accelerator.num_processes > 1 else pending_ids
     per_process = len(pending_ids)
     micro = sorted({r % per_process for r in bad})
-    ids = [i for p in range(len(stats) // per_process) for m in micro for i in all_ids[p * per_process + m]]
+    ids = [i for m in micro for p in range(len(stats) // per_process) for i in all_ids[p * per_process + m]]
     row = stats[bad[0]]
     losses = {name: row[2 * i] for i, name in enumerate(LOSS_NAMES) if not math.isfinite(row[2 * i])}
     _finish(accelerator)
