@@ -199,7 +199,7 @@ def test_unknown_config_kwargs_are_warned_with_a_suggestion(caplog):
 
 def test_transformers_kwargs_and_save_load_round_trips_are_silent(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mambavl"):
-        MambaVLConfig(output_attentions=True, torch_dtype="float32", num_labels=3, use_cache=False, _commit_hash="x")
+        MambaVLConfig(output_attentions=True, torch_dtype="float32", use_cache=False, _commit_hash="x")
         model = MambaVLForActionRecognition(tiny_config())
         model.save_pretrained(tmp_path)
         MambaVLConfig.from_pretrained(tmp_path)
