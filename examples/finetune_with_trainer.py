@@ -1,10 +1,10 @@
 """Fine-tune MambaVL with ``transformers.Trainer`` on an EPIC-KITCHENS-format dataset.
 
 The model is a ``PreTrainedModel`` whose forward takes the batch of :class:`mambavl.data.MambaVLCollator` and returns
-a loss, so ``Trainer`` drives it like any other model. Three things are specific to MambaVL:
+a loss, so ``Trainer`` drives it like any other model, with its default arguments: the model declares its two labels
+(``verb_labels``, ``noun_labels``) and the outputs that are not logits (``config.keys_to_ignore_at_inference``), and
+the dataset items keep their fields through ``remove_unused_columns``. Two things are specific to MambaVL:
 
-* ``remove_unused_columns=False`` (the dataset items are not model inputs; the collator makes them) and
-  ``label_names=["verb_labels", "noun_labels"]`` (two labels, so ``Trainer`` reports an evaluation loss);
 * evaluation batches must get label-free questions: a question built from the clip's own action leaks it, even
   masked. ``Trainer`` has one ``data_collator``, so :class:`MambaVLTrainer` swaps in the evaluation collator;
 * the collator and the dataset draw their per-clip randomness from the epoch: :class:`SetEpoch` passes it on.
@@ -23,9 +23,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from mambavl import MambaVLForActionRecognition, MambaVLProcessor
 from mambavl.data import EK100SegmentDataset, MambaVLCollator, VideoFileSource, label_config, load_class_list
 from mambavl.metrics import recognition_metrics
-
-# Outputs of MambaVLForActionRecognition that are not logits (Trainer collects all outputs but the loss).
-NOT_LOGITS = ["verb_loss", "noun_loss", "verb_features", "noun_features", "video_hidden_states", "hidden_states"]
 
 
 class MambaVLTrainer(Trainer):
@@ -110,8 +107,6 @@ def main(argv: list[str] | None = None) -> None:
         warmup_steps=0.1,  # a fraction of the training steps
         weight_decay=0.05,
         lr_scheduler_type="cosine",
-        remove_unused_columns=False,  # the collator turns dataset items into model inputs
-        label_names=["verb_labels", "noun_labels"],
         eval_strategy="epoch" if val_set is not None else "no",
         save_strategy="no",  # the final model is saved below, with its processor
         logging_steps=10,
@@ -127,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         compute_metrics=compute_metrics,
         callbacks=[SetEpoch(train_set, train_collator)],
     )
-    trainer.train(ignore_keys_for_eval=NOT_LOGITS)
-    metrics = trainer.evaluate(ignore_keys=NOT_LOGITS) if val_set is not None else {}
+    trainer.train()
+    metrics = trainer.evaluate() if val_set is not None else {}
     model_dir = f"{args.output_dir}/model"
     trainer.save_model(model_dir)
     if trainer.is_world_process_zero():  # print and save once, also when several processes train

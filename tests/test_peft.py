@@ -86,3 +86,13 @@ def test_channels_first_linear_uses_the_module_forward_when_hooked(add_bias: boo
     bias_term = 0 if add_bias else linear.bias[:, None]
     torch.testing.assert_close(hooked, 2 * (x @ linear.weight.T + linear.bias).transpose(1, 2) - bias_term)
     assert hooked.is_contiguous()
+
+
+def test_channels_first_linear_uses_a_forward_replaced_on_the_instance() -> None:
+    """accelerate's hooks (device placement, offloading) replace ``module.forward`` on the instance."""
+    torch.manual_seed(0)
+    linear, x = nn.Linear(6, 5), torch.randn(2, 4, 6)
+    original = linear.forward
+    linear.forward = lambda inputs: original(inputs) + 1.0
+    expected = (x @ linear.weight.T + linear.bias + 1.0).transpose(1, 2)
+    torch.testing.assert_close(_channels_first_linear(linear, x), expected)

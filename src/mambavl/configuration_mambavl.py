@@ -188,7 +188,7 @@ class MambaVLConfig(PretrainedConfig):
     # `compute_metrics` receives `(verb_logits, noun_logits)`.
     keys_to_ignore_at_inference = [
         "verb_loss", "noun_loss", "verb_features", "noun_features", "video_hidden_states", "hidden_states",
-        "attentions",
+        "video_attentions", "verb_question_attentions", "noun_question_attentions", "cache",
     ]  # fmt: skip
     sub_configs_defaults = {
         "video_config": SubConfigSpec(config_class=AutoConfig, model_type="videomae", optional=True),

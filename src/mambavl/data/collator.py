@@ -67,7 +67,10 @@ class MambaVLCollator:
         field = "frames" if "frames" in items[0] else "video_features" if "video_features" in items[0] else None
         if field is None or any(field not in item for item in items):
             raise ValueError(
-                f"Every item needs `frames` (T, H, W, 3) or `video_features` (T, D); got keys {sorted(items[0])}."
+                f"Every item needs `frames` (T, H, W, 3) or `video_features` (T, D); got keys {sorted(items[0])}. "
+                "(With transformers.Trainer, items that are plain dicts lose every key that is not a model argument: "
+                "return a Mapping that is not a dict, such as mambavl.data.SegmentItem, or set "
+                "TrainingArguments(remove_unused_columns=False).)"
             )
         base_rank = 4 if field == "frames" else 2
         values = [torch.as_tensor(item[field]) for item in items]

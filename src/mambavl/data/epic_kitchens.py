@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import re
-from collections import OrderedDict
+from collections import OrderedDict, UserDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -53,6 +53,7 @@ __all__ = [
     "FeatureSource",
     "FrameFolderSource",
     "LabelConsistencyReport",
+    "SegmentItem",
     "SkippedSegment",
     "VideoFileSource",
     "VideoSource",
@@ -1070,6 +1071,15 @@ class SkippedSegment:
     reason: str
 
 
+class SegmentItem(UserDict):
+    """A dataset item: a mapping of field names (``frames`` or ``video_features``, ``verb_class``, ...) to values.
+
+    A mapping, not a ``dict``: `transformers.Trainer` (with its default ``remove_unused_columns=True``) drops the
+    ``dict`` keys that are not arguments of the model's forward before the collator sees them, and leaves other
+    mappings whole, so the collator gets the fields it turns into model inputs.
+    """
+
+
 class EK100SegmentDataset(torch.utils.data.Dataset):
     """Narrated segments of EK100-format annotations, read from a :class:`VideoSource`.
 
@@ -1285,7 +1295,7 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> SegmentItem | None:
         """The item of segment ``index`` (see the class docstring); ``None`` when it cannot be read and
         ``on_error="skip"``."""
         if index < 0:
@@ -1310,7 +1320,7 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         shape = (self.num_views, self.num_frames) if self.num_views > 1 else (self.num_frames,)
         data = data.reshape(*shape, *data.shape[1:])
         indices = torch.tensor(views if self.num_views > 1 else views[0], dtype=torch.int64)
-        item: dict[str, Any] = {}
+        item = SegmentItem()
         if self.kind == "features":
             item["video_features"] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         else:

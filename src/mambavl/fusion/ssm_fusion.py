@@ -55,8 +55,9 @@ def _channels_first_linear(module: nn.Module, x: torch.Tensor, add_bias: bool = 
     """``module(x)`` for ``x (b, l, in)``, returned channels first: a contiguous ``(b, out, l)``.
 
     A plain ``nn.Linear`` (no hooks) is applied as one ``weight @ x^T`` matmul that writes the scan layout directly
-    (no transposing copy). Anything else (a PEFT/LoRA wrapper, a quantized linear, a module with hooks) runs through
-    its own forward, so that whatever it adds to the plain product (and its gradients) is kept.
+    (no transposing copy). Anything else (a PEFT/LoRA wrapper, a quantized linear, a module with hooks or with a
+    forward replaced on the instance) runs through its own forward, so that whatever it adds to the plain product (and
+    its gradients) is kept.
 
     Args:
         module: a linear layer ``in -> out`` (``nn.Linear`` or a wrapper of one).
@@ -70,6 +71,7 @@ def _channels_first_linear(module: nn.Module, x: torch.Tensor, add_bias: bool = 
     plain = type(module) is nn.Linear and not (
         module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
         or nn.modules.module._global_forward_pre_hooks
+        or "forward" in vars(module)  # a forward replaced on the instance (accelerate's offloading hooks)
     )  # fmt: skip
     if plain:
         out = torch.matmul(module.weight, x.transpose(1, 2))
