@@ -1,7 +1,9 @@
 """Predict the top-5 actions of a video file with a saved MambaVL model.
 
-    python examples/predict.py --model runs/demo/run/model clip.mp4
-    python examples/predict.py --model runs/demo/run/model clip.mp4 --start 2.5 --end 4.0 --top-k 3
+    python examples/predict.py --model runs/demo/run/model runs/demo/data/videos/P01_01.mp4
+    python examples/predict.py --model runs/demo/run/model runs/demo/data/videos/P01_01.mp4 --start 2 --end 4 --top-k 3
+
+(the model and a video that ``mambavl demo`` writes; any video file works.)
 
 ``--model`` is any folder written by ``save_pretrained`` (model and processor), e.g. ``<output-dir>/model`` of a
 training run. Frames are sampled evenly over the clip (or the ``--start``/``--end`` range, in seconds) and only those
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     processor = MambaVLProcessor.from_pretrained(args.model)
 
     info = read_video_info(args.video)  # frame count and rate
+    if info.num_frames < 1:
+        parser.error(f"{args.video} has no decodable frame")
     first = round(args.start * info.fps)
     last = info.num_frames - 1 if args.end is None else min(round(args.end * info.fps), info.num_frames - 1)
     if not 0 <= first <= last:

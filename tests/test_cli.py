@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +16,7 @@ import torch
 
 from mambavl import Conv3dVideoConfig, Conv3dVideoModel
 from mambavl.cli import COMMANDS, main
-from mambavl.data import write_video
+from mambavl.data import decode_frames, read_video_info, write_video
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -166,6 +168,30 @@ def test_predict_and_evaluate_a_saved_model(quick_demo, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads(report.read_text())
     assert metrics["num_samples"] == 12 and 0 <= metrics["action_top1"] <= 100 and "verb_top5" in metrics
+
+
+def test_evaluate_with_and_without_skip_unreadable(quick_demo, tmp_path):
+    out, _ = quick_demo
+    videos = tmp_path / "videos"
+    shutil.copytree(out / "data" / "videos", videos)
+    annotations = out / "data" / "annotations" / "validation.csv"
+    bad = next(csv.DictReader(annotations.open()))["video_id"]
+    path = videos / f"{bad}.mp4"  # rewritten with its header first, then its second half cut off
+    info = read_video_info(path)
+    write_video(path, decode_frames(path, range(info.num_frames)), info.fps, faststart=True)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    args = ["evaluate", "--model", str(out / "run" / "model"), "--annotations", str(annotations)]
+    strict = cli(*args, "--video-root", str(videos))
+    assert strict.returncode == 1 and "Traceback" not in strict.stderr, strict.stderr[-3000:]
+    error = strict.stderr.strip().splitlines()[-1]
+    assert error.startswith("mambavl evaluate: error: ") and f"{bad}.mp4" in error and "narration_id=" in error
+    report = tmp_path / "metrics.json"
+    lenient = cli(*args, "--video-root", str(videos), "--skip-unreadable", "--output", str(report))
+    assert lenient.returncode == 0, lenient.stderr[-3000:]
+    skipped = re.findall(r"Skipping unreadable segment narration_id='([^']+)' of \S+" + bad, lenient.stderr)
+    assert skipped and all(nid.startswith(bad) for nid in skipped)
+    assert f"{len(skipped)} segments were skipped as unreadable" in lenient.stderr
+    assert json.loads(report.read_text())["num_samples"] == 12 - len(skipped)
 
 
 def test_train_from_backbones_and_resume(quick_demo, tmp_path):

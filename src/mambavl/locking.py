@@ -23,15 +23,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 __all__ = ["LOCK_NAME", "OutputDirLockedError", "locks_output_dir", "output_dir_lock"]
 
 LOCK_NAME = ".mambavl.lock"
 HOLDER_NAME = ".mambavl.lock.json"
 _RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class OutputDirLockedError(RuntimeError):
@@ -104,7 +102,7 @@ def output_dir_lock(output_dir: str | os.PathLike, *, main_process: bool | None 
         lock.release()
 
 
-def locks_output_dir(func: F) -> F:
+def locks_output_dir(func: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a function that takes a ``config`` argument with an ``output_dir`` (:func:`mambavl.training.train`):
     each call runs holding :func:`output_dir_lock` on that folder."""
     signature = inspect.signature(func)
@@ -115,4 +113,4 @@ def locks_output_dir(func: F) -> F:
         with output_dir_lock(config.output_dir):
             return func(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
