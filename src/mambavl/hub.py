@@ -23,11 +23,14 @@ for a MambaVL model, :func:`install_trainer_model_card_hook` (run when ``mambavl
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.util
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -502,8 +505,11 @@ def update_trainer_model_card(trainer: Any) -> Path | None:
 
 def install_trainer_model_card_hook() -> None:
     """Wrap ``transformers.Trainer.create_model_card`` (once) so that, for a MambaVL model, the card it writes is
-    completed by :func:`update_trainer_model_card`. Other models' cards are untouched."""
-    from transformers import Trainer
+    completed by :func:`update_trainer_model_card`. Other models' cards are untouched.
+
+    ``import mambavl`` calls it through :func:`after_import`, when ``transformers.trainer`` is (or gets) imported,
+    so importing mambavl does not import the Trainer."""
+    from transformers.trainer import Trainer
 
     original = Trainer.create_model_card
     if getattr(original, "_mambavl_hook", False):
@@ -517,3 +523,49 @@ def install_trainer_model_card_hook() -> None:
 
     create_model_card._mambavl_hook = True
     Trainer.create_model_card = create_model_card
+
+
+# -- running code when a module gets imported -------------------------------------------------------------------------
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """A one-shot finder that lets the normal finders locate ``name`` and runs ``callback(module)`` once the module
+    has executed."""
+
+    def __init__(self, name: str, callback: Callable[[Any], None]):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module, callback = loader.exec_module, self.callback
+
+        def exec_then_call(module: Any) -> None:
+            exec_module(module)
+            callback(module)
+
+        loader.exec_module = exec_then_call
+        return spec
+
+
+def register_pipelines() -> None:
+    """Register mambavl's ``transformers`` pipeline task (see :mod:`mambavl.pipelines`)."""
+    from .pipelines import register_pipelines as register
+
+    register()
+
+
+def after_import(name: str, callback: Callable[[Any], None]) -> None:
+    """Run ``callback(module)`` now if module ``name`` is imported, else right after it gets imported.
+
+    Lets ``import mambavl`` register its ``transformers`` pipeline and Trainer hook without importing
+    ``transformers.pipelines`` / ``transformers.trainer`` (seconds of imports) for users who never use them.
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        callback(module)
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, callback))

@@ -173,6 +173,8 @@ class MambaVLProcessor(MambaVLHubMixin, ProcessorMixin):
         """
         video_overrides = dict(kwargs.pop("videos_kwargs", None) or {})
         video_overrides.update({k: kwargs.pop(k) for k in list(kwargs) if k in VIDEO_CONFIG_KEYS})
+        for key in _MODEL_LOADING_KWARGS:  # what `transformers.pipeline` passes to every component; not ours
+            kwargs.pop(key, None)
         unknown = sorted(k for k in kwargs if k not in _HUB_KWARGS and k not in _INIT_KWARGS and not k.startswith("_"))
         if unknown:
             raise TypeError(
@@ -487,6 +489,7 @@ _HUB_KWARGS = (
     "cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies",
     "trust_remote_code", "code_revision",
 )  # fmt: skip
+_MODEL_LOADING_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
 _INIT_KWARGS = ("question_config", "verb_classes", "noun_classes", "max_question_length")
 
 
