@@ -29,6 +29,7 @@ from .epic_kitchens import (
     seconds_to_timestamp,
     timestamp_to_seconds,
 )
+from .hf_datasets import SegmentTransform, hf_segment_dataset
 from .synthetic import (
     NOUN_SPECS,
     VERB_SPECS,
@@ -67,6 +68,7 @@ __all__ = [
     "LabelConsistencyReport",
     "MambaVLCollator",
     "NounSpec",
+    "SegmentTransform",
     "SkippedSegment",
     "SyntheticDatasetInfo",
     "VerbSpec",
@@ -78,6 +80,7 @@ __all__ = [
     "class_names",
     "decode_frames",
     "generate_synthetic_dataset",
+    "hf_segment_dataset",
     "instances_by_key",
     "label_config",
     "load_annotations",
