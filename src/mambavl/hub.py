@@ -37,8 +37,11 @@ from typing import Any
 __all__ = [
     "AUTO_MODULE",
     "MambaVLHubMixin",
+    "after_import",
     "install_trainer_model_card_hook",
+    "known_metrics",
     "model_card",
+    "update_trainer_model_card",
     "write_model_card",
 ]
 
@@ -545,7 +548,10 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_then_call(module: Any) -> None:
             exec_module(module)
-            callback(module)
+            try:
+                callback(module)
+            except Exception:  # never make the user's import fail
+                logger.warning("mambavl could not hook into %s", fullname, exc_info=True)
 
         loader.exec_module = exec_then_call
         return spec
@@ -553,6 +559,9 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 def register_pipelines() -> None:
     """Register mambavl's ``transformers`` pipeline task (see :mod:`mambavl.pipelines`)."""
+    module = sys.modules.get(f"{__package__}.pipelines")
+    if module is not None and not hasattr(module, "register_pipelines"):
+        return  # mambavl.pipelines is being imported (it imported transformers.pipelines): it registers at its end
     from .pipelines import register_pipelines as register
 
     register()
