@@ -1,7 +1,7 @@
 """Sharing MambaVL models through the Hugging Face Hub: model cards and loading without ``import mambavl``.
 
-Every folder that :meth:`~mambavl.MambaVLPreTrainedModel.save_pretrained` or
-:meth:`~mambavl.MambaVLProcessor.save_pretrained` writes (and every ``push_to_hub`` upload) gets:
+Every folder that ``save_pretrained`` of a MambaVL model or :class:`~mambavl.MambaVLProcessor` writes (and every
+``push_to_hub`` upload) gets (see :meth:`MambaVLHubMixin.save_pretrained`):
 
 - ``mambavl_auto.py``: a few lines that import the classes from the *installed* ``mambavl`` package (no model
   code), and an ``auto_map`` to it in ``config.json`` / ``processor_config.json``. So ``transformers``' Auto
@@ -16,7 +16,8 @@ the ``auto_map`` above already points at the installed package (copying the pack
 ``transformers`` does for single-file custom models, cannot work for a package with sub-packages).
 
 ``transformers.Trainer`` writes its own card (``Trainer.create_model_card``, called by ``Trainer.push_to_hub``);
-for a MambaVL model, :func:`install_trainer_model_card_hook` (run when ``mambavl`` is imported) makes that card say
+for a MambaVL model, :func:`install_trainer_model_card_hook` (installed by ``import mambavl`` as soon as
+``transformers.trainer`` is imported) makes that card say
 ``library_name: mambavl`` too and adds the loading instructions, keeping the Trainer's training summary.
 """
 
@@ -366,7 +367,11 @@ def write_model_card(
             config = MambaVLConfig.from_pretrained(folder)
         except (OSError, ValueError):
             config = None
-    existing = ModelCard.load(path) if path.is_file() else None
+    try:
+        existing = ModelCard.load(path, ignore_metadata_errors=True) if path.is_file() else None
+    except Exception as error:  # a README that is not a card: leave it alone, the save itself must not fail
+        logger.warning("Left %s as it is: it cannot be read as a model card (%s).", path, error)
+        return path
     if existing is not None and not _is_generated(existing):
         _complete_metadata(existing, config)
         existing.save(path)

@@ -160,7 +160,7 @@ class MambaVLProcessor(MambaVLHubMixin, ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> MambaVLProcessor:
-        """Load a processor saved with :meth:`save_pretrained` (a folder or a Hub id).
+        """Load a processor saved with ``save_pretrained`` (a folder or a Hub id).
 
         Keyword arguments override the saved settings: the video processor's (``num_frames``, ``do_normalize``,
         ``crop_size``, ...; or as a dict ``videos_kwargs``), this class's (``max_question_length``,
