@@ -440,8 +440,8 @@ class MambaVLProcessor(MambaVLHubMixin, ProcessorMixin):
             if not getattr(self, "_truncation_logged", False):
                 logger.warning(
                     "%d %s question(s) longer than %d tokens were truncated, keeping their mask tokens "
-                    "(e.g. %r, %d tokens).",
-                    len(too_long), name, limit, texts[too_long[0]], len(encoded["input_ids"][too_long[0]]),
+                    "(e.g. %d tokens: %r); said once.",
+                    len(too_long), name, limit, len(encoded["input_ids"][too_long[0]]), _shorten(texts[too_long[0]]),
                 )  # fmt: skip
                 self._truncation_logged = True  # once per processor: a dataset's long questions are alike
         lengths = [len(ids) for ids in rows]
@@ -491,6 +491,10 @@ _HUB_KWARGS = (
 )  # fmt: skip
 _MODEL_LOADING_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
 _INIT_KWARGS = ("question_config", "verb_classes", "noun_classes", "max_question_length")
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _truncate_keeping(ids: list[int], limit: int, keep: set[int], text: str, name: str) -> list[int]:
