@@ -113,3 +113,23 @@ def test_errors_name_what_is_wrong(synthetic):
     assert isinstance(transform, SegmentTransform)
     with pytest.raises(KeyError, match="remove_unused_columns=False"):
         transform({"narration_id": ["x"]})
+
+
+def test_trainer_trains_on_the_dataset(tmp_path, synthetic, processor):
+    from transformers import Trainer, TrainingArguments
+
+    clips = hf_segment_dataset(synthetic.train_annotations, synthetic.video_source(), processor, num_frames=4)
+    config = tiny_config(
+        video_config=tiny_video_config(image_size=16), video_feature_size=None,
+        text_config=tiny_text_config(vocab_size=processor.tokenizer.vocab_size),
+        num_verb_classes=len(synthetic.verb_names), num_noun_classes=len(synthetic.noun_names),
+    )  # fmt: skip
+    model = MambaVLForActionRecognition(config)
+    before = model.verb_head.weight.detach().clone()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, report_to=[], use_cpu=True,
+        remove_unused_columns=False,  # the rows are made from the annotation columns
+    )  # fmt: skip
+    result = Trainer(model=model, args=args, train_dataset=clips).train()
+    assert result.global_step == 2 and np.isfinite(result.training_loss)
+    assert not torch.equal(model.verb_head.weight, before)
