@@ -29,11 +29,12 @@ AutoProcessor.register(MambaVLConfig, MambaVLProcessor, exist_ok=True)
 AutoModelForActionAnticipation.register(MambaVLConfig, MambaVLForActionAnticipation, exist_ok=True)
 
 from . import hub as _hub  # noqa: E402
-from . import pipelines as _pipelines  # noqa: E402
 
 _hub.install_config_hooks()  # saved folders load through their auto_map (mambavl_auto.py); see mambavl.hub
-_hub.install_trainer_model_card_hook()  # Trainer cards of MambaVL models say library_name: mambavl
-_pipelines.register_pipelines()  # pipeline("egocentric-action-recognition", model=...)
+# Trainer cards of MambaVL models say library_name: mambavl; pipeline("egocentric-action-recognition", model=...).
+# Both are installed when transformers' trainer / pipelines modules get imported, not before.
+_hub.after_import("transformers.trainer", lambda _: _hub.install_trainer_model_card_hook())
+_hub.after_import("transformers.pipelines", lambda _: _hub.register_pipelines())
 
 __all__ = [
     "AutoModelForActionAnticipation",

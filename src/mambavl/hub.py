@@ -1,7 +1,7 @@
 """Sharing MambaVL models through the Hugging Face Hub: model cards and loading without ``import mambavl``.
 
-Every folder that :meth:`~mambavl.MambaVLPreTrainedModel.save_pretrained` or
-:meth:`~mambavl.MambaVLProcessor.save_pretrained` writes (and every ``push_to_hub`` upload) gets:
+Every folder that ``save_pretrained`` of a MambaVL model or :class:`~mambavl.MambaVLProcessor` writes (and every
+``push_to_hub`` upload) gets (see :meth:`MambaVLHubMixin.save_pretrained`):
 
 - ``mambavl_auto.py``: a few lines that import the classes from the *installed* ``mambavl`` package (no model
   code), and an ``auto_map`` to it in ``config.json`` / ``processor_config.json``. So ``transformers``' Auto
@@ -16,26 +16,33 @@ the ``auto_map`` above already points at the installed package (copying the pack
 ``transformers`` does for single-file custom models, cannot work for a package with sub-packages).
 
 ``transformers.Trainer`` writes its own card (``Trainer.create_model_card``, called by ``Trainer.push_to_hub``);
-for a MambaVL model, :func:`install_trainer_model_card_hook` (run when ``mambavl`` is imported) makes that card say
+for a MambaVL model, :func:`install_trainer_model_card_hook` (installed by ``import mambavl`` as soon as
+``transformers.trainer`` is imported) makes that card say
 ``library_name: mambavl`` too and adds the loading instructions, keeping the Trainer's training summary.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.util
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "AUTO_MODULE",
     "MambaVLHubMixin",
+    "after_import",
     "install_trainer_model_card_hook",
+    "known_metrics",
     "model_card",
+    "update_trainer_model_card",
     "write_model_card",
 ]
 
@@ -360,7 +367,11 @@ def write_model_card(
             config = MambaVLConfig.from_pretrained(folder)
         except (OSError, ValueError):
             config = None
-    existing = ModelCard.load(path) if path.is_file() else None
+    try:
+        existing = ModelCard.load(path, ignore_metadata_errors=True) if path.is_file() else None
+    except Exception as error:  # a README that is not a card: leave it alone, the save itself must not fail
+        logger.warning("Left %s as it is: it cannot be read as a model card (%s).", path, error)
+        return path
     if existing is not None and not _is_generated(existing):
         _complete_metadata(existing, config)
         existing.save(path)
@@ -502,8 +513,11 @@ def update_trainer_model_card(trainer: Any) -> Path | None:
 
 def install_trainer_model_card_hook() -> None:
     """Wrap ``transformers.Trainer.create_model_card`` (once) so that, for a MambaVL model, the card it writes is
-    completed by :func:`update_trainer_model_card`. Other models' cards are untouched."""
-    from transformers import Trainer
+    completed by :func:`update_trainer_model_card`. Other models' cards are untouched.
+
+    ``import mambavl`` calls it through :func:`after_import`, when ``transformers.trainer`` is (or gets) imported,
+    so importing mambavl does not import the Trainer."""
+    from transformers.trainer import Trainer
 
     original = Trainer.create_model_card
     if getattr(original, "_mambavl_hook", False):
@@ -517,3 +531,55 @@ def install_trainer_model_card_hook() -> None:
 
     create_model_card._mambavl_hook = True
     Trainer.create_model_card = create_model_card
+
+
+# -- running code when a module gets imported -------------------------------------------------------------------------
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """A one-shot finder that lets the normal finders locate ``name`` and runs ``callback(module)`` once the module
+    has executed."""
+
+    def __init__(self, name: str, callback: Callable[[Any], None]):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module, callback = loader.exec_module, self.callback
+
+        def exec_then_call(module: Any) -> None:
+            exec_module(module)
+            try:
+                callback(module)
+            except Exception:  # never make the user's import fail
+                logger.warning("mambavl could not hook into %s", fullname, exc_info=True)
+
+        loader.exec_module = exec_then_call
+        return spec
+
+
+def register_pipelines() -> None:
+    """Register mambavl's ``transformers`` pipeline task (see :mod:`mambavl.pipelines`)."""
+    module = sys.modules.get(f"{__package__}.pipelines")
+    if module is not None and not hasattr(module, "register_pipelines"):
+        return  # mambavl.pipelines is being imported (it imported transformers.pipelines): it registers at its end
+    from .pipelines import register_pipelines as register
+
+    register()
+
+
+def after_import(name: str, callback: Callable[[Any], None]) -> None:
+    """Run ``callback(module)`` now if module ``name`` is imported, else right after it gets imported.
+
+    Lets ``import mambavl`` register its ``transformers`` pipeline and Trainer hook without importing
+    ``transformers.pipelines`` / ``transformers.trainer`` (seconds of imports) for users who never use them.
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        callback(module)
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, callback))

@@ -193,3 +193,6 @@ def register_pipelines() -> None:
         pt_model=MambaVLForActionRecognition,
         type="multimodal",
     )
+
+
+register_pipelines()

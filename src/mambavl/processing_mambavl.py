@@ -160,7 +160,7 @@ class MambaVLProcessor(MambaVLHubMixin, ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> MambaVLProcessor:
-        """Load a processor saved with :meth:`save_pretrained` (a folder or a Hub id).
+        """Load a processor saved with ``save_pretrained`` (a folder or a Hub id).
 
         Keyword arguments override the saved settings: the video processor's (``num_frames``, ``do_normalize``,
         ``crop_size``, ...; or as a dict ``videos_kwargs``), this class's (``max_question_length``,
@@ -173,6 +173,8 @@ class MambaVLProcessor(MambaVLHubMixin, ProcessorMixin):
         """
         video_overrides = dict(kwargs.pop("videos_kwargs", None) or {})
         video_overrides.update({k: kwargs.pop(k) for k in list(kwargs) if k in VIDEO_CONFIG_KEYS})
+        for key in _MODEL_LOADING_KWARGS:  # what `transformers.pipeline` passes to every component; not ours
+            kwargs.pop(key, None)
         unknown = sorted(k for k in kwargs if k not in _HUB_KWARGS and k not in _INIT_KWARGS and not k.startswith("_"))
         if unknown:
             raise TypeError(
@@ -438,8 +440,8 @@ class MambaVLProcessor(MambaVLHubMixin, ProcessorMixin):
             if not getattr(self, "_truncation_logged", False):
                 logger.warning(
                     "%d %s question(s) longer than %d tokens were truncated, keeping their mask tokens "
-                    "(e.g. %r, %d tokens).",
-                    len(too_long), name, limit, texts[too_long[0]], len(encoded["input_ids"][too_long[0]]),
+                    "(e.g. %d tokens: %r); said once.",
+                    len(too_long), name, limit, len(encoded["input_ids"][too_long[0]]), _shorten(texts[too_long[0]]),
                 )  # fmt: skip
                 self._truncation_logged = True  # once per processor: a dataset's long questions are alike
         lengths = [len(ids) for ids in rows]
@@ -487,7 +489,12 @@ _HUB_KWARGS = (
     "cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies",
     "trust_remote_code", "code_revision",
 )  # fmt: skip
+_MODEL_LOADING_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
 _INIT_KWARGS = ("question_config", "verb_classes", "noun_classes", "max_question_length")
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _truncate_keeping(ids: list[int], limit: int, keep: set[int], text: str, name: str) -> list[int]:

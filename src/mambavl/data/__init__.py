@@ -33,6 +33,7 @@ from .epic_kitchens import (
     seconds_to_timestamp,
     timestamp_to_seconds,
 )
+from .hf_datasets import SegmentTransform, hf_segment_dataset
 from .synthetic import (
     NOUN_SPECS,
     VERB_SPECS,
@@ -78,6 +79,7 @@ __all__ = [
     "MambaVLCollator",
     "NounSpec",
     "SegmentItem",
+    "SegmentTransform",
     "SkippedSegment",
     "SyntheticDatasetInfo",
     "UntrimmedVideoLabels",
@@ -94,6 +96,7 @@ __all__ = [
     "drop_skipped",
     "generate_long_videos",
     "generate_synthetic_dataset",
+    "hf_segment_dataset",
     "instances_by_key",
     "label_config",
     "load_annotations",
