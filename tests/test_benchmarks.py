@@ -128,6 +128,9 @@ def test_harness_times_counts_memory_and_writes_tables(tmp_path):
     assert timing["cpu_per_wall"] < 0.85 and harness.contended(timing, 1)  # sleeping is not running
     long = harness.time_call(lambda: calls.append(time.sleep(0.05)), repeats=5, budget_s=0.1)
     assert long["samples"] == 1  # a warm-up longer than a quarter of the budget is the one sample
+    slow_first = iter([0.05])  # one-time costs in the first call must not size the samples
+    sized = harness.time_call(lambda: time.sleep(next(slow_first, 0.001)), repeats=2, budget_s=10, min_sample_ms=10)
+    assert sized["calls_per_sample"] > 1 and sized["median_ms"] < 25  # the old rule: 1 call of 50 ms per sample
     with harness.PeakMemory() as peak:
         block = torch.ones(16 * 2**20)  # 64 MiB, touched
     assert 60 < peak.mib() < 200 and block.sum() > 0
