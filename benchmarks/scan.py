@@ -172,14 +172,15 @@ def run_all(args: argparse.Namespace, impls: list[str], threads: int, hf_l: int)
         r.update(extrapolated_from_l=L if L != args.L else None, median_s_full=r["median_s"] * scale,
                  min_s_full=r["min_s"] * scale, peak_full_bytes=r["peak_extra_rss_bytes"] * scale)  # fmt: skip
         merged[(impl, mode)] = r
-    floors = {FLOORS[f]: {k: merged[(f, "fwd")][k] for k in ("median_s", "min_s", "contended")} for f in FLOORS}
+    floors = {FLOORS[f]: {k: merged[(f, "fwd")][k] for k in ("median_s", "min_s", "contended")}
+              for f in FLOORS if (f, "fwd") in merged}  # fmt: skip
     profile = None
     if "torch" in impls:
         profile = harness.run_worker(__file__, {**common, "impl": PROFILE, "mode": "fwd", "l": args.L})["ops"]
     return {
         "threads": merged[(impls[0], "fwd")]["threads"], "loadavg_start": [round(v, 2) for v in load_start],
         "loadavg_end": [round(v, 2) for v in os.getloadavg()], "rows": [rows(args, merged, impl) for impl in impls],
-        "exp_floors": floors if "torch" in impls else None, "torch_forward_profile": profile,
+        "exp_floors": floors or None, "torch_forward_profile": profile,
         "cases": [r for (impl, _), r in merged.items() if impl not in FLOORS],
     }  # fmt: skip
 
