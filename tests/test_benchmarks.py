@@ -61,6 +61,19 @@ def test_scan_benchmark_quick(tmp_path):
     assert "native_forward" not in run_ and "fused" not in md  # the C++ kernel's question is answered (issue 18)
 
 
+@pytest.mark.parametrize("L", [1, 37, 64])  # pscan pads lengths that are no power of two
+def test_scan_benchmark_mambapy_row_computes_the_benchmarks_scan(L):
+    """The mamba.py row (its parallel scan, as its MambaBlock uses it) computes the same function as the others."""
+    pytest.importorskip("mambapy", reason="mamba.py is in the dev extra (pip install -e .[dev])")
+    from mambavl.ops import selective_scan
+
+    scan = _load("scan")
+    x = scan.make_inputs(2, 24, L, 5, seed=L)
+    out = scan.scan_fn("mambapy")(*x.values())
+    ref = selective_scan(*(t.double() for t in x.values()), delta_softplus=True, backend="reference")
+    assert out.shape == ref.shape and ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
 def _load(name: str):
     import importlib.util
 
