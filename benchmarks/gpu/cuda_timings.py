@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import check_cuda as cc
+import cuda_checks as cc
 import harness
 import torch
 
@@ -73,7 +73,7 @@ def section_copy_bandwidth(ctx: cc.Context) -> dict[str, Any]:
 
 
 def scan_bytes(b: int, d: int, n: int, L: int, itemsize: int) -> dict[str, int]:
-    """Fewest bytes the scan must move (each input read once, each output written once); see check_cuda.py."""
+    """Fewest bytes the scan must move (each input read once, each output written once); formula: check_cuda.py."""
     params = 4 * (d * n + 2 * d)  # A, D, delta_bias in float32
     fwd = itemsize * (4 * b * d * L + 2 * b * n * L) + params
     return {"fwd": fwd, "fwd_bwd": fwd + itemsize * (7 * b * d * L + 4 * b * n * L) + 2 * params}
