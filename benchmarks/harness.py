@@ -11,12 +11,12 @@ Stable API (other scripts, e.g. ``benchmarks/streaming.py``, rely on these names
 Timing
     ``time_call(fn, *, repeats=7, budget_s=60.0, min_sample_ms=0.0, device="cpu") -> dict``
         One warm-up call, then up to ``repeats`` timed samples, each averaging ``calls_per_sample`` calls so that a
-        sample lasts at least ``min_sample_ms``; fewer samples when they would pass ``budget_s``. A warm-up longer
-        than a quarter of ``budget_s`` is kept as a sample (a long case then costs one or two calls). CUDA devices
-        are timed with CUDA events after a synchronize. Returns ``{"median_ms", "min_ms", "times_ms", "samples",
-        "calls_per_sample", "first_call_ms", "faults_per_call", "cpu_per_wall"}``: on CPU the median minor page
-        faults of one call and the CPU seconds the process got per wall second while timing (about the thread
-        count on a quiet machine; ``None`` on CUDA).
+        sample lasts at least ``min_sample_ms`` (sized by a second, untimed call); fewer samples when they would
+        pass ``budget_s``. A warm-up longer than a quarter of ``budget_s`` is kept as a sample (a long case then
+        costs one or two calls). CUDA devices are timed with CUDA events after a synchronize. Returns
+        ``{"median_ms", "min_ms", "times_ms", "samples", "calls_per_sample", "first_call_ms", "faults_per_call",
+        "cpu_per_wall"}``: on CPU the median minor page faults of one call and the CPU seconds the process got per
+        wall second while timing (about the thread count on a quiet machine; ``None`` on CUDA).
     ``contended(timing, threads) -> bool``: a CPU timing got less than ``CONTENDED_FRACTION`` of ``threads`` cores.
 
 Fresh processes (each case in its own process: allocator state and memory high-water marks do not leak)
@@ -113,8 +113,10 @@ def time_call(
     first = _sample(fn, 1, cuda)
     budget_ms = budget_s * 1e3
     samples = [first] if first[0] > budget_ms / 4 else []
-    k = max(1, math.ceil(min_sample_ms / max(first[0], 1e-3)))
-    more = min(repeats - len(samples), int((budget_ms - first[0]) // max(first[0] * k, 1e-3)))
+    # size the samples by a call without the first one's one-time costs (allocator growth, library set-up)
+    one = _sample(fn, 1, cuda) if min_sample_ms > 0 and not samples else first
+    k = max(1, math.ceil(min_sample_ms / max(one[0], 1e-3)))
+    more = min(repeats - len(samples), int((budget_ms - first[0]) // max(one[0] * k, 1e-3)))
     samples += [_sample(fn, k, cuda) for _ in range(max(more, 0 if samples else 1))]
     times = [s[0] for s in samples]
     wall = sum(s[3] for s in samples)

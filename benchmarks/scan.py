@@ -2,11 +2,12 @@
 
 Compares, at one ViT-B clip of tokens (b=2, d=1536, n=16, l=1568, float32, softplus(delta + delta_bias), D and z):
 ``torch`` (``selective_scan(..., backend="torch")``: chunked scan, own backward), ``reference`` (the plain loop,
-autograd) and ``transformers`` (``mamba_selective_scan``, the sequential fallback transformers runs without
-mamba-ssm, autograd). Per implementation: forward time (``no_grad``), forward+backward time (all eight inputs
-require grad), peak extra memory, and the forward's difference to ``torch``. Also: the floor of any forward made of
-PyTorch ops (forming ``exp(delta * A)`` for all b*d*l*n elements, with ``exp2`` as the ``torch`` backend does and with
-``exp``) and torch.profiler's split of one ``torch`` forward.
+autograd), ``transformers`` (``mamba_selective_scan``, the sequential fallback transformers runs without mamba-ssm,
+autograd) and ``mambapy`` (mamba.py's parallel scan ``mambapy.pscan``, as its ``MambaBlock.selective_scan`` uses it;
+a row where ``pip install mambapy`` was done). Per implementation: forward time (``no_grad``), forward+backward
+time (all eight inputs require grad), peak extra memory, and the forward's difference to ``torch``. Also: the floor
+of any forward made of PyTorch ops (forming ``exp(delta * A)`` for all b*d*l*n elements, with ``exp2`` as the
+``torch`` backend does and with ``exp``) and torch.profiler's split of one ``torch`` forward.
 
 Target: the ``torch`` backend ahead of its peers (transformers' fallback; mamba.py's parallel scan) in forward and
 forward+backward, and close to the ``exp2`` floor. (Against ``reference``, a hand-fused compiled kernel just reaches
@@ -28,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -37,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
-IMPLS = ("torch", "reference", "transformers")
+IMPLS = ("torch", "reference", "transformers", "mambapy")
 FLOORS = {"exp2-floor": "exp2", "exp-floor": "exp"}  # not scans: exp(delta * A) alone, see floor_fn
 PROFILE = "torch-profile"  # not a timing: the profiler's split of one torch forward
 MODES = ("fwd", "fwdbwd")
@@ -60,6 +62,8 @@ def scan_fn(impl: str):
     """``fn(u, delta, A, B, C, D, z, delta_bias) -> out`` of one implementation (or floor)."""
     if impl in FLOORS:
         return floor_fn(FLOORS[impl])
+    if impl == "mambapy":
+        return mambapy_scan
     if impl == "transformers":
         import transformers
         from transformers.models.mamba.modeling_mamba import mamba_selective_scan
@@ -69,6 +73,18 @@ def scan_fn(impl: str):
     from mambavl.ops import selective_scan
 
     return lambda *x: selective_scan(*x, delta_softplus=True, backend=impl)
+
+
+def mambapy_scan(u, delta, A, B, C, D, z, delta_bias):
+    """mamba.py's selective scan (``MambaBlock.selective_scan`` and its gate) in mambavl's layouts: ``(b, d, l)``."""
+    import torch
+    import torch.nn.functional as F
+    from mambapy.pscan import pscan
+
+    dt, x = F.softplus(delta + delta_bias[:, None]).transpose(1, 2), u.transpose(1, 2)  # (b, l, d)
+    hs = pscan(torch.exp(dt.unsqueeze(-1) * A), dt.unsqueeze(-1) * B.transpose(1, 2).unsqueeze(2) * x.unsqueeze(-1))
+    y = (hs @ C.transpose(1, 2).unsqueeze(-1)).squeeze(3) + D * x  # (b, l, d, n) @ (b, l, n, 1)
+    return (y * F.silu(z.transpose(1, 2))).transpose(1, 2)
 
 
 def floor_fn(exp_name: str):
@@ -139,7 +155,7 @@ def measure(case: dict) -> dict:
     with harness.PeakMemory() as peak:
         t = harness.time_call(call, repeats=case["repeats"], budget_s=case["budget_s"])
     rel_diff = None
-    if case["mode"] == "fwd" and case["impl"] in ("reference", "transformers"):
+    if case["mode"] == "fwd" and case["impl"] in IMPLS[1:]:
         with torch.no_grad():
             out, ref = fn(*x.values()).double(), scan_fn("torch")(*x.values()).double()
         rel_diff = ((out - ref).norm() / ref.norm()).item()
@@ -172,14 +188,15 @@ def run_all(args: argparse.Namespace, impls: list[str], threads: int, hf_l: int)
         r.update(extrapolated_from_l=L if L != args.L else None, median_s_full=r["median_s"] * scale,
                  min_s_full=r["min_s"] * scale, peak_full_bytes=r["peak_extra_rss_bytes"] * scale)  # fmt: skip
         merged[(impl, mode)] = r
-    floors = {FLOORS[f]: {k: merged[(f, "fwd")][k] for k in ("median_s", "min_s", "contended")} for f in FLOORS}
+    floors = {FLOORS[f]: {k: merged[(f, "fwd")][k] for k in ("median_s", "min_s", "contended")}
+              for f in FLOORS if (f, "fwd") in merged}  # fmt: skip
     profile = None
     if "torch" in impls:
         profile = harness.run_worker(__file__, {**common, "impl": PROFILE, "mode": "fwd", "l": args.L})["ops"]
     return {
         "threads": merged[(impls[0], "fwd")]["threads"], "loadavg_start": [round(v, 2) for v in load_start],
         "loadavg_end": [round(v, 2) for v in os.getloadavg()], "rows": [rows(args, merged, impl) for impl in impls],
-        "exp_floors": floors if "torch" in impls else None, "torch_forward_profile": profile,
+        "exp_floors": floors or None, "torch_forward_profile": profile,
         "cases": [r for (impl, _), r in merged.items() if impl not in FLOORS],
     }  # fmt: skip
 
@@ -280,7 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="small size (b=1, d=256, n=16, l=256)")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per case (after one warm-up call)")
     p.add_argument("--threads", default="0", help="comma-separated thread counts, one table each (0: torch's)")
-    p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    installed = [i for i in IMPLS if i != "mambapy" or importlib.util.find_spec("mambapy")]
+    p.add_argument("--impls", default=",".join(installed), help=f"comma-separated subset of {','.join(IMPLS)} "
+                   "(default: those installed)")  # fmt: skip
     p.add_argument("--hf-backward-l", type=int, default=None, help="l of transformers' fwd+bwd (default l//8; 0: l)")
     p.add_argument("--case-budget", type=float, default=60.0, help="seconds of timed calls per case")
     p.add_argument("--out", default=None, help="folder for scan_cpu.{json,md} (default: results/, none for --quick)")
@@ -294,8 +313,8 @@ def main(argv: list[str] | None = None) -> None:
         return harness.print_result(measure(json.loads(args.worker)))
     args.b, args.d, args.L, args.n = (1, 256, 256, 16) if args.quick else (2, 1536, 1568, 16)
     impls = [i for i in args.impls.split(",") if i]
-    if not impls or set(impls) - set(IMPLS):
-        p.error(f"unknown --impls {sorted(set(impls) - set(IMPLS))}; choose from {IMPLS}")
+    if not impls or set(impls) - set(installed):
+        p.error(f"unknown or not installed --impls {sorted(set(impls) - set(installed))}; choose from {installed}")
     try:
         thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
     except ValueError:

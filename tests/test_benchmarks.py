@@ -61,6 +61,19 @@ def test_scan_benchmark_quick(tmp_path):
     assert "native_forward" not in run_ and "fused" not in md  # the C++ kernel's question is answered (issue 18)
 
 
+@pytest.mark.parametrize("L", [1, 37, 64])  # pscan pads lengths that are no power of two
+def test_scan_benchmark_mambapy_row_computes_the_benchmarks_scan(L):
+    """The mamba.py row (its parallel scan, as its MambaBlock uses it) computes the same function as the others."""
+    pytest.importorskip("mambapy", reason="mamba.py is in the dev extra (pip install -e .[dev])")
+    from mambavl.ops import selective_scan
+
+    scan = _load("scan")
+    x = scan.make_inputs(2, 24, L, 5, seed=L)
+    out = scan.scan_fn("mambapy")(*x.values())
+    ref = selective_scan(*(t.double() for t in x.values()), delta_softplus=True, backend="reference")
+    assert out.shape == ref.shape and ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
 def _load(name: str):
     import importlib.util
 
@@ -128,6 +141,9 @@ def test_harness_times_counts_memory_and_writes_tables(tmp_path):
     assert timing["cpu_per_wall"] < 0.85 and harness.contended(timing, 1)  # sleeping is not running
     long = harness.time_call(lambda: calls.append(time.sleep(0.05)), repeats=5, budget_s=0.1)
     assert long["samples"] == 1  # a warm-up longer than a quarter of the budget is the one sample
+    slow_first = iter([0.05])  # one-time costs in the first call must not size the samples
+    sized = harness.time_call(lambda: time.sleep(next(slow_first, 0.001)), repeats=2, budget_s=10, min_sample_ms=10)
+    assert sized["calls_per_sample"] > 1 and sized["median_ms"] < 25  # the old rule: 1 call of 50 ms per sample
     with harness.PeakMemory() as peak:
         block = torch.ones(16 * 2**20)  # 64 MiB, touched
     assert 60 < peak.mib() < 200 and block.sum() > 0

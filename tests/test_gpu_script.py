@@ -138,11 +138,11 @@ def test_helpers():
     assert crossover(rows[:2], "t")["tokens"] is None
     assert crossover(rows[2:], "t")["at_or_below_smallest"] is True
     bad = torch.tensor([1.0, float("nan")])
-    assert check_cuda.rel_err(bad, bad) == math.inf  # NaN never passes
-    assert check_cuda.rel_err(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
+    assert check_cuda.checks.rel_err(bad, bad) == math.inf  # NaN never passes
+    assert check_cuda.checks.rel_err(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
     assert check_cuda.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     view = torch.randn(2, 9, 16)[..., :8].transpose(1, 2)  # a gapped view, like the mixers' inputs
-    copy = check_cuda._copy_strided(view)
+    copy = check_cuda.checks._copy_strided(view)
     assert copy.stride() == view.stride() and torch.equal(copy, view) and copy.is_leaf
 
 

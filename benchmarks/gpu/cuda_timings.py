@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import check_cuda as cc
+import cuda_checks as cc
 import harness
 import torch
 
@@ -34,6 +34,14 @@ def time_modes(ctx: cc.Context, row: dict, fwd: Callable[[], Any], fwd_bwd: Call
         row["error"] = cc.error_text(exc)
     cc.free(ctx.device)
     return row
+
+
+def drop_grads(module: torch.nn.Module | None, tensors: Any = ()) -> None:
+    """Set the gradients of ``module``'s parameters and of ``tensors`` to ``None``."""
+    if module is not None:
+        module.zero_grad(set_to_none=True)
+    for t in tensors:
+        t.grad = None
 
 
 def over_budget(ctx: cc.Context, last: dict, key: Any, size: int, exponent: float = 1.0) -> str | None:
@@ -65,7 +73,7 @@ def section_copy_bandwidth(ctx: cc.Context) -> dict[str, Any]:
 
 
 def scan_bytes(b: int, d: int, n: int, L: int, itemsize: int) -> dict[str, int]:
-    """Fewest bytes the scan must move (each input read once, each output written once); see check_cuda.py."""
+    """Fewest bytes the scan must move (each input read once, each output written once); formula: check_cuda.py."""
     params = 4 * (d * n + 2 * d)  # A, D, delta_bias in float32
     fwd = itemsize * (4 * b * d * L + 2 * b * n * L) + params
     return {"fwd": fwd, "fwd_bwd": fwd + itemsize * (7 * b * d * L + 4 * b * n * L) + 2 * params}
@@ -96,14 +104,12 @@ def section_scan_timing(ctx: cc.Context) -> dict[str, Any]:
                 selective_scan(**x, delta_softplus=True, backend=backend)
 
         def fwd_bwd(leaves=leaves, backend=backend, dout=dout) -> None:
-            for v in leaves.values():
-                v.grad = None
+            drop_grads(None, leaves.values())
             selective_scan(**leaves, delta_softplus=True, backend=backend).backward(dout)
 
         row = {"b": b, "d": d, "n": n, **case, "effective": cc.effective_scan_backend(backend, x["u"], x["A"]),
                "bytes": scan_bytes(b, d, n, L, torch.finfo(dtype).bits // 8)}  # fmt: skip
-        rows.append(time_modes(ctx, row, fwd, fwd_bwd, prepare=lambda v=leaves: [setattr(t, "grad", None)
-                                                                              for t in v.values()]))  # fmt: skip
+        rows.append(time_modes(ctx, row, fwd, fwd_bwd, prepare=lambda v=leaves: drop_grads(None, v.values())))
         del x, leaves, dout
         if "error" not in row:
             last[(backend, dtype)] = (L, row["fwd"]["median_ms"] + row["fwd_bwd"]["median_ms"])
@@ -144,7 +150,7 @@ def section_model_timing(ctx: cc.Context) -> dict[str, Any]:
 
         one = torch.empty(1, device=ctx.device)
         row = time_modes(ctx, {"backend": backend, "effective": cc.effective_scan_backend(backend, one, one)}, fwd,
-                         fwd_bwd, prepare=lambda: model.zero_grad(set_to_none=True))  # fmt: skip
+                         fwd_bwd, prepare=lambda: drop_grads(model))  # fmt: skip
         if "error" not in row:
             row["clips_per_s_fwd_bwd"] = batch / (row["fwd_bwd"]["median_ms"] * 1e-3)
         rows.append(row)
@@ -169,9 +175,7 @@ def build_fusion_case(fusion_type: str, tokens: int, plan: cc.Plan, device: torc
 
 def fusion_step(fusion, leaves: list, device: torch.device, grad: bool) -> None:
     """One forward (``grad=False``: under ``no_grad``) or forward+backward of a fusion under bf16 autocast."""
-    fusion.zero_grad(set_to_none=True)
-    for x in leaves:
-        x.grad = None
+    drop_grads(fusion, leaves)
     with torch.set_grad_enabled(grad), cc.autocast(device):
         out = fusion(*leaves)
     if grad:
@@ -238,7 +242,8 @@ def section_fusion_timing(ctx: cc.Context) -> dict[str, Any]:
         leaves = [x.detach().requires_grad_(True) for x in inputs]
         row = time_modes(ctx, {"tokens": tokens, "fusion": kind},
                          lambda f=fusion, x=inputs: fusion_step(f, x, device, False),
-                         lambda f=fusion, x=leaves: fusion_step(f, x, device, True))  # fmt: skip
+                         lambda f=fusion, x=leaves: fusion_step(f, x, device, True),
+                         prepare=lambda f=fusion, x=leaves: drop_grads(f, x))  # fmt: skip
         if "error" not in row:
             row["fwd_ms"], row["fwd_bwd_ms"] = row["fwd"]["median_ms"], row["fwd_bwd"]["median_ms"]
             last[kind] = (tokens, row["fwd_ms"] + row["fwd_bwd_ms"])
