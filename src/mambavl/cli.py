@@ -23,16 +23,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .streaming_cli import (
-    add_online_evaluate_arguments,
-    add_stream_parser,
-    add_streaming_demo_arguments,
-    run_evaluate_online,
-    run_stream,
-    run_streaming_demo,
-)
-
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
+
+
+def _sibling(name: str) -> Any:
+    """The module ``mambavl.<name>``, without importing the ``mambavl`` package when it is not imported yet.
+
+    The console script loads this file on its own, so that ``--help`` imports no torch; a relative import here would
+    import the package (and torch) first. A module loaded this way imports only the standard library at its top, like
+    this one, and its functions' own relative imports import the package when a command runs.
+    """
+    import importlib
+    import importlib.util
+
+    full_name = f"mambavl.{name}"
+    if full_name in sys.modules or "mambavl" in sys.modules:
+        return importlib.import_module(full_name)
+    spec = importlib.util.spec_from_file_location(full_name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+#: The streaming commands (`stream`, `evaluate --task online`, `demo --task streaming`): parsers, run functions.
+streaming = _sibling("streaming_cli")
 
 logger = logging.getLogger("mambavl")
 
@@ -254,13 +269,13 @@ def _demo_parser(sub: Any) -> None:
         "end 1 s before the action (EK100 protocol); streaming: train on clips, then stream held-out untrimmed "
         "videos with the recurrent state and print online metrics and a timeline (default: %(default)s)",
     )  # fmt: skip
-    add_streaming_demo_arguments(p)
+    streaming.add_streaming_demo_arguments(p)
     p.add_argument("--quick", action="store_true", help="a tiny run (few clips, 2 epochs) to check the pipeline")
 
 
 def run_demo(args: argparse.Namespace) -> int:
     if args.task == "streaming":
-        return run_streaming_demo(args)
+        return streaming.run_streaming_demo(args)
     from .data import decode_frames
     from .demo import DEFAULT_EPOCHS, OBSERVATION_TIME, build_demo, evaluate_demo, train_demo
 
@@ -488,12 +503,12 @@ def _evaluate_parser(sub: Any) -> None:
         "without it the first one stops the evaluation",
     )  # fmt: skip
     p.add_argument("--output", type=Path, help="write the metrics to this JSON file (default: print them only)")
-    add_online_evaluate_arguments(p)
+    streaming.add_online_evaluate_arguments(p)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.task == "online":
-        return run_evaluate_online(args)
+        return streaming.run_evaluate_online(args)
     from . import MambaVLProcessor
     from .data import MambaVLCollator
     from .training import evaluate
@@ -574,7 +589,7 @@ COMMANDS: list[Command] = [
     Command("train", _train_parser, run_train),
     Command("evaluate", _evaluate_parser, run_evaluate),
     Command("predict", _predict_parser, run_predict),
-    Command("stream", add_stream_parser, run_stream),
+    Command("stream", streaming.add_stream_parser, streaming.run_stream),
 ]
 
 
@@ -585,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
     for command in COMMANDS:
         command.add_parser(sub)
+        # One help style for every command, also those whose parser is built in another module.
+        sub.choices[command.name].formatter_class = HelpFormatter
         sub.choices[command.name].set_defaults(func=command.run)
     return parser
 
