@@ -11,8 +11,9 @@ and producing the verb / noun features, with a verb and a noun question of 16 to
 
 Only the fusion modules run (``build_fusion`` at width ``--hidden-size``, float32); the cache of (a) is primed by
 streaming the history through it in chunks of 4,096 tokens (one cache, primed up to each length in turn). Times are
-medians of :func:`harness.time_call` (one warm-up call); the peak memory is :class:`harness.PeakMemory` around one
-call (CPU: resident-set high-water mark; CUDA: ``max_memory_allocated``), over what was allocated before it.
+medians of :func:`harness.time_call` (one warm-up call; a CPU case that got less than 85% of its threads' CPU time is
+noted "contended"); the peak memory is :func:`harness.peak_mib` of one call (CPU: resident-set high-water mark over
+the start, after glibc's ``malloc_trim`` gave freed memory back; CUDA: ``max_memory_allocated`` over the start).
 
 A recompute case is skipped, and the table says so, when the previous length predicts it to take longer than
 ``--case-budget`` seconds (linear growth for (b), quadratic for (c)) or more than ``--max-memory-gib``.
@@ -30,6 +31,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--case-budget", type=float, default=120.0, help="seconds one recompute case may take")
     p.add_argument("--max-memory-gib", type=float, default=48.0)
+    p.add_argument("--wait-quiet", type=float, default=0.0, help="seconds to wait for a quiet machine before a case")
     p.add_argument("--quick", action="store_true", help="histories 1k,2k,4k at width 128, window 2k, 5 repeats")
     p.add_argument("--output-dir", default=str(RESULTS_DIR))
     args = p.parse_args(argv)
@@ -77,12 +82,23 @@ def build(args: argparse.Namespace, fusion_type: str) -> torch.nn.Module:
     return build_fusion(config).to(args.device).eval()
 
 
-def measure(fn, args: argparse.Namespace, repeats: int | None = None, min_sample_ms: float = 0.0) -> tuple[float, ...]:
-    """(median ms, peak MiB) of ``fn``."""
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so a call's resident-set peak counts what it
+    allocates instead of reusing pages an earlier case left resident. No-op elsewhere."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def measure(fn, args: argparse.Namespace, repeats: int | None = None, min_sample_ms: float = 0.0) -> tuple[Any, ...]:
+    """(median ms, peak MiB, contended) of ``fn``."""
+    harness.wait_for_quiet(args.wait_quiet)
     timing = harness.time_call(
         fn, repeats=repeats or args.repeats, budget_s=args.case_budget, min_sample_ms=min_sample_ms, device=args.device
     )
-    return timing["median_ms"], harness.peak_mib(fn, device=args.device)
+    release_free_memory()
+    busy = harness.contended(timing, torch.get_num_threads()) if not str(args.device).startswith("cuda") else False
+    return timing["median_ms"], harness.peak_mib(fn, device=args.device), busy
 
 
 def predicted(last: tuple[int, float, float] | None, history: int, power: int) -> tuple[float, float]:
@@ -110,8 +126,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             while (seen := cache.seen_tokens) < history:  # prime the cache up to this history
                 mamba(torch.randn(1, min(PRIME_CHUNK, history - seen), D, device=dev), None, None, cache_params=cache)
             # many calls per sample: a step is short, and a median of long samples is steadier on a shared machine
-            a_ms, a_mib = measure(lambda: mamba(new, None, None, cache_params=cache), args, min_sample_ms=200)
+            a_ms, a_mib, busy = measure(lambda: mamba(new, None, None, cache_params=cache), args, min_sample_ms=200)
             row = {"history": history, "a_ms": a_ms, "a_mib": a_mib}
+            note += ["a contended"] if busy else []
             video = None
             for key, module, power, last in (("b", mamba, 1, last_b), ("c", transformer, 2, last_c)):
                 seconds, gib = predicted(last, history, power)
@@ -119,7 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     note.append(f"{key} skipped (predicted {seconds:,.0f} s, {gib:,.1f} GiB)")
                     continue
                 video = torch.randn(1, history + NEW_TOKENS, D, device=dev) if video is None else video
-                ms, mib = measure(lambda m=module, v=video: m(v, verb, noun), args, repeats=3)
+                ms, mib, busy = measure(lambda m=module, v=video: m(v, verb, noun), args, repeats=3)
+                note += [f"{key} contended"] if busy else []
                 row.update({f"{key}_ms": ms, f"{key}_mib": mib, f"{key}_over_a": ms / a_ms})
                 if key == "b":
                     last_b = (history, ms, mib)
@@ -129,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if history + NEW_TOKENS > args.window:
                 if window_result is None:
                     window = torch.randn(1, args.window, D, device=dev)
-                    window_result = measure(lambda w=window: transformer(w, verb, noun), args, repeats=3)
+                    window_result = measure(lambda w=window: transformer(w, verb, noun), args, repeats=3)[:2]
                     del window
                 row.update({"c_window_ms": window_result[0], "c_window_mib": window_result[1]})
                 row["c_window_over_a"] = window_result[0] / a_ms
