@@ -182,3 +182,49 @@ def test_to_tensors_round_trip_continues_the_stream():
 def test_cache_argument_errors():
     with pytest.raises(ValueError, match="batch_size` must be a positive integer"):
         MambaVLCache(tiny_config(), batch_size=0)
+
+
+def test_pixel_values_clips_stream_like_their_concatenated_tokens():
+    from tiny import tiny_video_config
+
+    torch.manual_seed(0)
+    config = tiny_config(video_config=tiny_video_config(), video_feature_size=None)
+    model = MambaVLForActionRecognition(config).double().eval()
+    clips = [torch.randn(2, 4, 3, 16, 16, dtype=torch.float64) for _ in range(3)]
+    q = questions(tiny_inputs())
+    cache = None
+    for i, clip in enumerate(clips):  # each clip's 8 tokens are the next chunk
+        out = model(pixel_values=clip, **(q if i == 0 else {}), cache_params=cache, use_cache=True)
+        cache = out.cache
+    tokens = torch.cat([model.mambavl.video_encoder(pixel_values=c).last_hidden_state for c in clips], dim=1)
+    full = model(video_features=tokens, **q)
+    assert cache.seen_tokens == 24
+    assert rel_err(out.verb_logits, full.verb_logits) < 1e-10
+    assert rel_err(out.noun_logits, full.noun_logits) < 1e-10
+
+
+def test_one_streaming_step_exports_through_the_flat_tensor_view():
+    """New video tokens + cache tensors in, logits + cache tensors out: the shape of an exported streaming step.
+    (The reference scan is used here; the torch scan's export is another issue's.)"""
+    model = tiny_model(dtype=torch.float32, ssm_backend="reference", num_fusion_layers=2)
+    inputs = tiny_video_inputs(frames=3, dtype=torch.float32)
+    cache = model(**inputs, use_cache=True).cache
+
+    class Step(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, video_features, *tensors):
+            cache = MambaVLCache.from_tensors(self.model.config, tensors)
+            out = self.model(video_features=video_features, cache_params=cache)
+            return (out.verb_logits, out.noun_logits, *cache.to_tensors())
+
+    args = (torch.randn(2, 2, 12), *cache.to_tensors())
+    program = torch.export.export(Step(model), args, strict=False)
+    expected = Step(model)(*args)
+    got = program.module()(*args)
+    assert len(got) == 2 + len(MambaVLCache.TENSOR_NAMES)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert int(got[2 + MambaVLCache.TENSOR_NAMES.index("seen_tokens")]) == 5
