@@ -15,6 +15,7 @@ from .modeling_mambavl import (
 )
 from .ops import selective_scan
 from .processing_mambavl import MambaVLProcessor
+from .streaming import MambaVLStreamer
 from .video_processing_mambavl import MambaVLVideoProcessor
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "MambaVLModelOutput",
     "MambaVLPreTrainedModel",
     "MambaVLProcessor",
+    "MambaVLStreamer",
     "MambaVLVideoProcessor",
     "selective_scan",
 ]
