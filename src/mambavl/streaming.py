@@ -195,7 +195,6 @@ class MambaVLStreamer:
         self._pending_len = 0
         self.frames_seen = 0
         self.steps = 0
-        self._tokens_per_step: int | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -284,9 +283,6 @@ class MambaVLStreamer:
             video = {
                 "video_features": model.mambavl.video_encoder(pixel_values=video["pixel_values"]).last_hidden_state
             }
-        tokens = int(video["video_features"].shape[1])
-        if self._tokens_per_step is None:
-            self._tokens_per_step = tokens
         cache = self.cache if self.carry_state else None
         out = model(**video, **questions, cache_params=cache, use_cache=True, return_dict=True)
         self.cache = out.cache_params
