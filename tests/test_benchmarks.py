@@ -174,3 +174,34 @@ def test_cpu_allocator_report_compares_settings_per_size():
     assert checks["retain_max_growth_per_doubling"] == 2.0 and checks["retain_growth_at_most_2.3x"] is True
     assert "| 2,048 | 125.0 | 250.0 | 0 | 1 | 100.0 | 200.0 | 0 | 1 | 1.25x | 2.50x | 2.00x |" in table
     assert "| 3,000 |" in table and table.splitlines()[-1].endswith("| - | - |")
+
+
+def test_harness_times_counts_memory_and_writes_tables(tmp_path):
+    import time
+
+    import torch
+
+    harness = _load("harness")
+    calls = []
+    timing = harness.time_call(lambda: calls.append(time.sleep(0.002)), repeats=3, budget_s=10)
+    assert timing["samples"] == 3 and len(calls) == 4  # one warm-up, then three samples of one call
+    assert timing["median_ms"] >= 2 and timing["min_ms"] <= timing["median_ms"]
+    assert timing["cpu_per_wall"] < 0.85 and harness.contended(timing, 1)  # sleeping is not running
+    long = harness.time_call(lambda: calls.append(time.sleep(0.05)), repeats=5, budget_s=0.1)
+    assert long["samples"] == 1  # a warm-up longer than a quarter of the budget is the one sample
+    with harness.PeakMemory() as peak:
+        block = torch.ones(16 * 2**20)  # 64 MiB, touched
+    assert 60 < peak.mib() < 200 and block.sum() > 0
+    merged = harness.merge_runs([{"median_ms": 3.0, "min_ms": 2.0}, {"median_ms": 1.0, "min_ms": 0.5},
+                                 {"median_ms": 2.0, "min_ms": 1.0, "contended": True}])  # fmt: skip
+    assert merged["median_ms"] == 2.0 and merged["min_ms"] == 0.5 and merged["contended"]
+    assert merged["process_medians"] == [3.0, 1.0, 2.0]
+    table = harness.markdown_table(["a", "b"], [[1, "x|y"]])
+    assert table.splitlines() == ["| a | b |", "|---|---:|", "| 1 | x/y |"]
+    rows = [{"n": 1, "ms": 2.5, "name": "a", "empty": None}]
+    paths = harness.write_results(tmp_path, "r", payload={"x": float("inf")}, markdown="# t", csv_rows=rows)
+    assert [p.name for p in paths] == ["r.json", "r.md", "r.csv"]
+    assert harness.read_csv(tmp_path / "r.csv") == [{"n": 1, "ms": 2.5, "name": "a", "empty": None}]
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": "inf"}
+    with pytest.raises(RuntimeError, match="failed"):
+        harness.run_worker(BENCHMARKS / "harness.py", {"no": "worker here"})  # prints no JSON line

@@ -182,3 +182,22 @@ def test_to_tensors_round_trip_continues_the_stream():
 def test_cache_argument_errors():
     with pytest.raises(ValueError, match="batch_size` must be a positive integer"):
         MambaVLCache(tiny_config(), batch_size=0)
+
+
+def test_pixel_values_clips_stream_like_their_concatenated_tokens():
+    from tiny import tiny_video_config
+
+    torch.manual_seed(0)
+    config = tiny_config(video_config=tiny_video_config(), video_feature_size=None)
+    model = MambaVLForActionRecognition(config).double().eval()
+    clips = [torch.randn(2, 4, 3, 16, 16, dtype=torch.float64) for _ in range(3)]
+    q = questions(tiny_inputs())
+    cache = None
+    for i, clip in enumerate(clips):  # each clip's 8 tokens are the next chunk
+        out = model(pixel_values=clip, **(q if i == 0 else {}), cache_params=cache, use_cache=True)
+        cache = out.cache
+    tokens = torch.cat([model.mambavl.video_encoder(pixel_values=c).last_hidden_state for c in clips], dim=1)
+    full = model(video_features=tokens, **q)
+    assert cache.seen_tokens == 24
+    assert rel_err(out.verb_logits, full.verb_logits) < 1e-10
+    assert rel_err(out.noun_logits, full.noun_logits) < 1e-10

@@ -628,6 +628,10 @@ def test_constant_and_grouped_B_C(layout):
     outs_r, grads_r = _scan_grads(selective_scan_reference, x, h0)
     zero_state = selective_scan(*(x[k] for k in NAMES), delta_softplus=True, backend="torch")
     assert rel_err(zero_state, expected) < 1e-12
+    # the "cuda" backend's composition (zero-state scan + h_0's contribution) handles these layouts too
+    composed = ss_mod._scan_from_initial_state(selective_scan_torch, *(x[k] for k in NAMES), True, True, h0)
+    for a, r in zip(composed, outs_r, strict=True):
+        assert rel_err(a, r) < 1e-12
     for a, r in zip(outs_t, outs_r, strict=True):
         assert rel_err(a, r) < 1e-12
     for name in grads_r:

@@ -367,13 +367,14 @@ class MambaVLModel(MambaVLPreTrainedModel):
             output_hidden_states: also return the video tokens entering each fusion layer.
             return_dict: return a :class:`MambaVLModelOutput` (default) rather than a tuple.
             cache_params: a :class:`~mambavl.MambaVLCache` holding a stream's state: the video tokens (features,
-                or the tokens of ``pixel_values``' clip) are its next chunk, of any length >= 1. Updated in place.
+                or the tokens of ``pixel_values``' clip) are its next chunk, of any length >= 1. Updated in place
+                (and used whenever given, whatever ``use_cache``).
             use_cache: stream: create a cache when ``cache_params`` is ``None`` and return it. A stream's first call
                 needs the questions; later calls may omit them (they are encoded once per stream). After the last
                 chunk the outputs equal one forward over the concatenated video tokens (``fusion_type="mamba"``).
 
         Returns:
-            :class:`MambaVLModelOutput` (with ``cache_params`` when streaming).
+            :class:`MambaVLModelOutput` (with the stream's ``cache`` when streaming).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         video = self.encode_video(pixel_values, video_features)

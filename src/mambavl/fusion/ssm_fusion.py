@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ..cache import MambaVLCache
 from ..configuration_mambavl import MambaVLConfig
 from ..ops import selective_scan
 from ..ops.causal_conv1d import causal_conv1d
 from .common import FusionOutput, fusion_output_from_tokens
-
-if TYPE_CHECKING:
-    from ..cache import MambaVLCache
 
 __all__ = ["MambaFusion", "MambaFusionLayer", "SSMFusion", "SelectiveMixer"]
 
