@@ -2,9 +2,9 @@
 
 :func:`plot_timeline` draws one PNG with matplotlib (``pip install "mambavl[demo]"``). A long video is cut into rows
 of ``row_seconds`` (60 s by default, so a 10-minute video is ten rows); each row has a ground-truth band (when
-labels are given) above a prediction band whose bar height is the top action's score. Each action keeps one colour
-in both bands; the ``max_legend`` most frequent actions get their own colour and a legend entry, the rest are drawn
-grey ("other"). Background (no action, or no prediction) is left white.
+labels are given) above a prediction band whose bar height grows with the top action's score. Each action keeps one
+colour in both bands; the ``max_legend`` most frequent actions get their own colour and a legend entry, the rest are
+drawn grey ("other"). Background (no action, or no prediction) is left white.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def plot_timeline(
             ``times[i]`` to ``times[i + 1]`` (the last one for the median step length).
         verbs: ``(S,)`` top verb id per step (``-1``: no prediction, drawn as background).
         nouns: ``(S,)`` top noun id per step.
-        scores: ``(S,)`` the top action's score in [0, 1] (bar height); default full height.
+        scores: ``(S,)`` the top action's score in [0, 1]: the bar height is ``0.2 + 0.8 * score`` of the band
+            (default: full height).
         labels: a :class:`~mambavl.data.UntrimmedVideoLabels` to draw the ground truth from (optional).
         verb_names / noun_names: class names for the legend.
         duration: seconds shown (default: the end of the last step or of the labels).
@@ -113,8 +114,11 @@ def plot_timeline(
             weight[key] += b - a
     for a, b, key in truth:
         weight[key] += b - a
-    palette = [to_rgba(f"C{i}") for i in range(10)] + [to_rgba(c) for c in ("#7fc97f", "#beaed4", "#fdc086",
-               "#386cb0", "#f0027f", "#bf5b17", "#1b9e77", "#d95f02", "#7570b3", "#e7298a")]  # fmt: skip
+    palette = [to_rgba(f"C{i}") for i in range(10) if i != 7] + [  # C7 is grey, the colour of "other"
+        to_rgba(c)
+        for c in ("#7fc97f", "#beaed4", "#fdc086", "#386cb0", "#f0027f", "#bf5b17", "#1b9e77", "#d95f02", "#7570b3",
+                  "#e7298a", "#000075")
+    ]  # fmt: skip
     legend_keys = [k for k, _ in weight.most_common(max(0, min(max_legend, len(palette))))]
     colour = {k: palette[i] for i, k in enumerate(legend_keys)}
     other = to_rgba("#9a9a9a")
@@ -137,7 +141,8 @@ def plot_timeline(
         for a, b, (key, score) in pred_runs:
             if key is None or b <= lo or a >= hi:
                 continue
-            ax.broken_barh([(max(a, lo), min(b, hi) - max(a, lo))], (0.05, 0.9 * score), color=colour.get(key, other))
+            height = 0.9 * (0.2 + 0.8 * score)  # a floor keeps low-confidence answers visible
+            ax.broken_barh([(max(a, lo), min(b, hi) - max(a, lo))], (0.05, height), color=colour.get(key, other))
         for a, b, key in truth:
             if b <= lo or a >= hi:
                 continue
