@@ -494,5 +494,9 @@ def run_streaming_demo(args: argparse.Namespace) -> int:
     print(f"  verb / noun / action top-1           {metrics['verb_top1']:5.1f}% / {metrics['noun_top1']:5.1f}% / "
           f"{metrics['action_top1']:5.1f}%")  # fmt: skip
     print(f"  always the most frequent action      {metrics['majority_action_top1']:5.1f}% action top-1")
-    print(f"\n({time.time() - start:.0f} s in all)")
+    elapsed = time.time() - start
+    summary = {**metrics, "ms_per_step": per_step, "seconds_of_video": duration, "videos": info.video_ids,
+               "epochs": epochs, "window": DEMO_WINDOW, "stride": DEMO_STRIDE, "total_seconds": elapsed}  # fmt: skip
+    (out / "streaming_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n({elapsed:.0f} s in all; metrics: {out / 'streaming_metrics.json'})")
     return 0
