@@ -1,10 +1,10 @@
 """Timeline pictures of a stream: the top predicted action at each step against the ground-truth segments.
 
 :func:`plot_timeline` draws one PNG with matplotlib (``pip install "mambavl[demo]"``). A long video is cut into rows
-of ``row_seconds`` (60 s by default, so a 10-minute video is ten rows); each row has a ground-truth band (when
-labels are given) above a prediction band whose bar height grows with the top action's score. Each action keeps one
-colour in both bands; the ``max_legend`` most frequent actions get their own colour and a legend entry, the rest are
-drawn grey ("other"). Background (no action, or no prediction) is left white.
+of ``row_seconds`` (one minute for videos over 4 minutes, so a 10-minute video is ten rows); each row has a
+ground-truth band (when labels are given) above a prediction band whose bar height grows with the top action's score.
+Each action keeps one colour in both bands; the ``max_legend`` most frequent actions get their own colour and a legend
+entry, the rest are drawn grey ("other"). Background (no action, or no prediction) is left white.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def plot_timeline(
         labels: a :class:`~mambavl.data.UntrimmedVideoLabels` to draw the ground truth from (optional).
         verb_names / noun_names: class names for the legend.
         duration: seconds shown (default: the end of the last step or of the labels).
-        row_seconds: seconds per row (default 60; the whole video in one row when shorter than 90 s).
+        row_seconds: seconds per row (default: one row up to 45 s, rows of 30 s up to 4 minutes, then of 60 s).
         max_legend: actions with their own colour and legend entry (the most frequent ones).
         title: the figure title.
         dpi: resolution.
@@ -99,7 +99,7 @@ def plot_timeline(
     if labels is not None:
         end = max(end, float(labels.duration)) if duration is None else end
     if row_seconds is None:
-        row_seconds = end if end <= 90 else 60.0
+        row_seconds = end if end <= 45 else 30.0 if end <= 240 else 60.0
     if not row_seconds > 0:
         raise ValueError(f"`row_seconds` must be positive, got {row_seconds!r}.")
     num_rows = max(1, int(np.ceil(end / row_seconds - 1e-9)))
@@ -124,7 +124,9 @@ def plot_timeline(
     other = to_rgba("#9a9a9a")
 
     bands = 2 if labels is not None else 1
-    fig = Figure(figsize=(14, 0.55 + (0.42 * bands + 0.28) * num_rows + 0.25 * np.ceil(len(legend_keys) / 5)))
+    legend_rows = int(np.ceil((len(legend_keys) + (len(weight) > len(legend_keys))) / 5))
+    legend_inches = 0.2 * legend_rows + 0.1 if legend_rows else 0.0
+    fig = Figure(figsize=(14, 0.6 + (0.42 * bands + 0.3) * num_rows + legend_inches))
     FigureCanvasAgg(fig)
     axes = fig.subplots(num_rows, 1, squeeze=False)[:, 0]
     pred_runs = _runs(t, stops, [(k, round(float(x), 2)) for k, x in zip(predicted, s, strict=True)])
@@ -155,8 +157,7 @@ def plot_timeline(
         fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    legend_rows = np.ceil(len(handles) / 5)
-    fig.tight_layout(rect=(0, 0.25 * legend_rows / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
