@@ -327,8 +327,8 @@ def iter_video_frames(
 
     Args:
         path: a video file PyAV decodes.
-        sample_fps: keep frames at this rate (the nearest decoded frame to each ``i / sample_fps``); default every
-            frame.
+        sample_fps: keep frames at this rate (the first decoded frame at or after each ``i / sample_fps``, to half a
+            frame); default (or above the video's rate) every frame.
         chunk_size: frames per yielded chunk.
 
     Yields:
@@ -346,6 +346,9 @@ def iter_video_frames(
         stream = _video_stream(container, path)
         fps = _stream_fps(stream, path)
         rate = float(sample_fps) if sample_fps is not None else fps
+        if rate > fps:
+            logger.warning("%s has %.3g fps, fewer than sample_fps=%.3g: every frame is kept", path, fps, rate)
+            rate = fps
         keep_every = fps / rate
         buffer: list[np.ndarray] = []
         next_keep = 0.0

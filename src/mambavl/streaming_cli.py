@@ -158,7 +158,7 @@ def stream_source(
         total = None
     else:
         info = read_video_info(path)
-        fps = float(sample_fps or info.fps)
+        fps = float(min(sample_fps, info.fps) if sample_fps else info.fps)  # never above the video's rate
         total = round(info.num_frames * fps / info.fps)
         chunks = (frames for frames, _ in iter_video_frames(path, sample_fps=sample_fps))
     streamer = streamer_factory(fps, features)
