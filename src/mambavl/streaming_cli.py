@@ -377,12 +377,14 @@ def run_evaluate_online(args: argparse.Namespace) -> int:
         raise SystemExit("--task online streams video files (--video-root) or feature files (--features-root).")
     features = args.features_root is not None
     model, processor = _load(args.model, args.pool_window, features=features, stride=args.stride)
-    try:
-        video_ids = list(untrimmed_labels(args.annotations))
+    if not args.annotations.exists():
+        raise SystemExit(f"--annotations {args.annotations}: no such file.")
+    try:  # the annotations are read once; each video's ground truth ends with the video (set below)
+        all_labels = untrimmed_labels(args.annotations, annotation_fps=args.annotation_fps)
     except (ValueError, TypeError) as error:
         raise SystemExit(f"--annotations {args.annotations}: {error}") from error
     all_steps, truths, per_video = [], ([], []), {}
-    for video_id in video_ids:
+    for video_id, labels in all_labels.items():
         path = _source_path(args, video_id)
         steps, _, duration = stream_source(
             lambda fps, features: _make_streamer(model, processor, args, fps, features), path,
@@ -391,7 +393,7 @@ def run_evaluate_online(args: argparse.Namespace) -> int:
         if not steps:
             logger.warning("%s: too short for one step; left out", path)
             continue
-        labels = _labels_for(args.annotations, video_id, duration, args.annotation_fps)
+        labels.duration = max(labels.duration, duration)
         truth = _truth(labels, steps, steps[0].task, args.anticipation_time)
         all_steps += steps
         truths[0].append(truth[0])
