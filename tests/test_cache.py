@@ -201,3 +201,30 @@ def test_pixel_values_clips_stream_like_their_concatenated_tokens():
     assert cache.seen_tokens == 24
     assert rel_err(out.verb_logits, full.verb_logits) < 1e-10
     assert rel_err(out.noun_logits, full.noun_logits) < 1e-10
+
+
+def test_one_streaming_step_exports_through_the_flat_tensor_view():
+    """New video tokens + cache tensors in, logits + cache tensors out: the shape of an exported streaming step.
+    (The reference scan is used here; the torch scan's export is another issue's.)"""
+    model = tiny_model(dtype=torch.float32, ssm_backend="reference", num_fusion_layers=2)
+    inputs = tiny_video_inputs(frames=3, dtype=torch.float32)
+    cache = model(**inputs, use_cache=True).cache
+
+    class Step(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, video_features, *tensors):
+            cache = MambaVLCache.from_tensors(self.model.config, tensors)
+            out = self.model(video_features=video_features, cache_params=cache)
+            return (out.verb_logits, out.noun_logits, *cache.to_tensors())
+
+    args = (torch.randn(2, 2, 12), *cache.to_tensors())
+    program = torch.export.export(Step(model), args, strict=False)
+    expected = Step(model)(*args)
+    got = program.module()(*args)
+    assert len(got) == 2 + len(MambaVLCache.TENSOR_NAMES)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert int(got[2 + MambaVLCache.TENSOR_NAMES.index("seen_tokens")]) == 5
