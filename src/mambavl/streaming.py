@@ -111,8 +111,8 @@ class MambaVLStreamer:
 
     Pooling follows the model's ``config.pool_window``: the heads pool the last ``pool_window`` fused video tokens
     (the cache keeps exactly these), while the SSM states carry the whole history. For online detection set it to
-    the tokens of one window (:func:`tokens_per_window`), so that each step is classified like a training clip:
-    ``MambaVLForActionRecognition.from_pretrained(path, pool_window=tokens_per_window(model, processor))``. With
+    the tokens of one window (:func:`~mambavl.streaming.tokens_per_window`), so that each step is classified like a
+    training clip: ``from_pretrained(path, pool_window=tokens_per_window(model, processor))``. With
     ``pool_window=None`` the heads pool over every token seen (exact clip semantics, still constant memory, but the
     answer then describes the whole stream rather than the present); the streamer logs a warning.
 

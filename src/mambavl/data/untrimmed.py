@@ -104,7 +104,7 @@ class UntrimmedVideoLabels:
         return f"UntrimmedVideoLabels({self.video_id!r}, {len(self.segments)} segments, {self.duration:.1f} s)"
 
     def segment_index_at(self, times: Any) -> np.ndarray:
-        """Index into :attr:`segments` of the segment running at each time, ``-1`` for background.
+        """Index into ``segments`` of the segment running at each time, ``-1`` for background.
 
         Args:
             times: ``(S,)`` times in seconds.
