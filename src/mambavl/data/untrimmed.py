@@ -69,6 +69,7 @@ class UntrimmedVideoLabels:
 
     Example:
 
+    >>> from mambavl.data import ActionSegment, UntrimmedVideoLabels
     >>> labels = UntrimmedVideoLabels("P01_01", [ActionSegment(1.0, 3.0, verb=2, noun=5),
     ...                                           ActionSegment(2.0, 4.0, verb=0, noun=1)])
     >>> verbs, nouns = labels.at([0.5, 1.0, 2.5, 3.5, 4.0])
