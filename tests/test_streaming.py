@@ -123,6 +123,7 @@ def test_actions_questions_and_tasks():
         * torch.softmax(default.noun_logits, 0)[default.top["noun_id"]]
     )
     assert default.top["score"] == pytest.approx(float(probs))
+    assert default.top["score"] == pytest.approx(default.top["verb_score"] * default.top["noun_score"])
     own = MambaVLStreamer(model, proc, stride=8, questions=("what is the person doing ?", "to what object ?"))
     assert not torch.allclose(own.push_features(features)[0].verb_logits, default.verb_logits)
     json.dumps(default.to_dict())

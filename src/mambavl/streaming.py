@@ -39,8 +39,9 @@ class StreamStep:
         frame: 0-based index (in the fed stream) of the last frame (or feature step) the step has read.
         time: ``frame / fps`` in seconds (``None`` without ``fps``); for anticipation, the action is predicted
             for a time after this one.
-        actions: the top-``k`` actions, best first: dicts ``{"verb_id", "noun_id", "verb", "noun", "score"}``
-            (``score = p(verb) * p(noun)``).
+        actions: the top-``k`` actions, best first: dicts ``{"verb_id", "noun_id", "verb", "noun", "score",
+            "verb_score", "noun_score"}`` (``verb_score = p(verb)``, ``noun_score = p(noun)``, the action's
+            ``score = p(verb) * p(noun)``; names from the model's ``id2label`` maps, else ``None``).
         verb_logits: ``(num_verb_classes,)`` float32 logits of this step (for metrics).
         noun_logits: ``(num_noun_classes,)`` float32 logits.
         seconds: wall-clock time the step took (encoder + fusion + heads).
@@ -289,10 +290,12 @@ class MambaVLStreamer:
         verb_logits, noun_logits = out.verb_logits[0].float().cpu(), out.noun_logits[0].float().cpu()
         k = min(self.top_k, verb_logits.numel() * noun_logits.numel())
         verb_ids, noun_ids, scores = rank_actions(verb_logits[None], noun_logits[None], k=k)
+        p_verb, p_noun = torch.softmax(verb_logits, dim=0).tolist(), torch.softmax(noun_logits, dim=0).tolist()
         actions = [
-            {"verb_id": v, "noun_id": n, "verb": self._verbs.get(v), "noun": self._nouns.get(n), "score": s}
+            {"verb_id": v, "noun_id": n, "verb": self._verbs.get(v), "noun": self._nouns.get(n), "score": s,
+             "verb_score": p_verb[v], "noun_score": p_noun[n]}
             for v, n, s in zip(verb_ids[0].tolist(), noun_ids[0].tolist(), scores[0].tolist(), strict=True)
-        ]
+        ]  # fmt: skip
         frame = self.frames_seen - 1
         step = StreamStep(
             index=self.steps, frame=frame, time=frame / self.fps if self.fps else None, actions=actions,
