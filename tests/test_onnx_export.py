@@ -52,3 +52,24 @@ def test_export_errors(tmp_path):
                               tokens_per_step=2)  # fmt: skip
     with pytest.raises(FileNotFoundError, match="export_streaming_step"):
         OnnxStreamingSession(tmp_path / "missing.onnx")
+
+
+def test_onnx_stream_benchmark_script(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = feature_model(num_fusion_layers=1)
+    model.save_pretrained(tmp_path / "model")
+    processor().save_pretrained(tmp_path / "model")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "onnx_stream.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--model", str(tmp_path / "model"), "--steps", "5", "--tokens-per-step", "3",
+         "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "onnx_stream.json").read_text())
+    assert report["steps"] == 5 and report["tokens_per_step"] == 3 and report["max_abs_logit_diff"] < 1e-4
+    assert len(report["state_bytes"]) == 1 and "largest logit difference" in (tmp_path / "onnx_stream.md").read_text()

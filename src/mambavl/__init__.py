@@ -16,6 +16,7 @@ from .modeling_mambavl import (
 )
 from .ops import selective_scan
 from .processing_mambavl import MambaVLProcessor
+from .streaming import MambaVLStreamer
 from .video_processing_mambavl import MambaVLVideoProcessor
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "MambaVLModelOutput",
     "MambaVLPreTrainedModel",
     "MambaVLProcessor",
+    "MambaVLStreamer",
     "MambaVLVideoProcessor",
     "selective_scan",
 ]

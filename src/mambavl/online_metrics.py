@@ -84,6 +84,7 @@ def average_precision(scores: Any, targets: Any) -> float:
     Returns:
         AP in [0, 1], or ``nan`` when no step is positive.
 
+    >>> from mambavl.online_metrics import average_precision
     >>> average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0])  # P@1 = 1, P@3 = 2/3: (1 + 2/3) / 2
     0.8333333333333333
     """

@@ -39,8 +39,9 @@ class StreamStep:
         frame: 0-based index (in the fed stream) of the last frame (or feature step) the step has read.
         time: ``frame / fps`` in seconds (``None`` without ``fps``); for anticipation, the action is predicted
             for a time after this one.
-        actions: the top-``k`` actions, best first: dicts ``{"verb_id", "noun_id", "verb", "noun", "score"}``
-            (``score = p(verb) * p(noun)``).
+        actions: the top-``k`` actions, best first: dicts ``{"verb_id", "noun_id", "verb", "noun", "score",
+            "verb_score", "noun_score"}`` (``verb_score = p(verb)``, ``noun_score = p(noun)``, the action's
+            ``score = p(verb) * p(noun)``; names from the model's ``id2label`` maps, else ``None``).
         verb_logits: ``(num_verb_classes,)`` float32 logits of this step (for metrics).
         noun_logits: ``(num_noun_classes,)`` float32 logits.
         seconds: wall-clock time the step took (encoder + fusion + heads).
@@ -111,8 +112,8 @@ class MambaVLStreamer:
 
     Pooling follows the model's ``config.pool_window``: the heads pool the last ``pool_window`` fused video tokens
     (the cache keeps exactly these), while the SSM states carry the whole history. For online detection set it to
-    the tokens of one window (:func:`tokens_per_window`), so that each step is classified like a training clip:
-    ``MambaVLForActionRecognition.from_pretrained(path, pool_window=tokens_per_window(model, processor))``. With
+    the tokens of one window (:func:`~mambavl.streaming.tokens_per_window`), so that each step is classified like a
+    training clip: ``from_pretrained(path, pool_window=tokens_per_window(model, processor))``. With
     ``pool_window=None`` the heads pool over every token seen (exact clip semantics, still constant memory, but the
     answer then describes the whole stream rather than the present); the streamer logs a warning.
 
@@ -195,7 +196,6 @@ class MambaVLStreamer:
         self._pending_len = 0
         self.frames_seen = 0
         self.steps = 0
-        self._tokens_per_step: int | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -284,19 +284,18 @@ class MambaVLStreamer:
             video = {
                 "video_features": model.mambavl.video_encoder(pixel_values=video["pixel_values"]).last_hidden_state
             }
-        tokens = int(video["video_features"].shape[1])
-        if self._tokens_per_step is None:
-            self._tokens_per_step = tokens
         cache = self.cache if self.carry_state else None
         out = model(**video, **questions, cache_params=cache, use_cache=True, return_dict=True)
         self.cache = out.cache_params
         verb_logits, noun_logits = out.verb_logits[0].float().cpu(), out.noun_logits[0].float().cpu()
         k = min(self.top_k, verb_logits.numel() * noun_logits.numel())
         verb_ids, noun_ids, scores = rank_actions(verb_logits[None], noun_logits[None], k=k)
+        p_verb, p_noun = torch.softmax(verb_logits, dim=0).tolist(), torch.softmax(noun_logits, dim=0).tolist()
         actions = [
-            {"verb_id": v, "noun_id": n, "verb": self._verbs.get(v), "noun": self._nouns.get(n), "score": s}
+            {"verb_id": v, "noun_id": n, "verb": self._verbs.get(v), "noun": self._nouns.get(n), "score": s,
+             "verb_score": p_verb[v], "noun_score": p_noun[n]}
             for v, n, s in zip(verb_ids[0].tolist(), noun_ids[0].tolist(), scores[0].tolist(), strict=True)
-        ]
+        ]  # fmt: skip
         frame = self.frames_seen - 1
         step = StreamStep(
             index=self.steps, frame=frame, time=frame / self.fps if self.fps else None, actions=actions,
@@ -331,8 +330,8 @@ def iter_video_frames(
 
     Args:
         path: a video file PyAV decodes.
-        sample_fps: keep frames at this rate (the nearest decoded frame to each ``i / sample_fps``); default every
-            frame.
+        sample_fps: keep frames at this rate (the first decoded frame at or after each ``i / sample_fps``, to half a
+            frame); default (or above the video's rate) every frame.
         chunk_size: frames per yielded chunk.
 
     Yields:
@@ -350,6 +349,9 @@ def iter_video_frames(
         stream = _video_stream(container, path)
         fps = _stream_fps(stream, path)
         rate = float(sample_fps) if sample_fps is not None else fps
+        if rate > fps:
+            logger.warning("%s has %.3g fps, fewer than sample_fps=%.3g: every frame is kept", path, fps, rate)
+            rate = fps
         keep_every = fps / rate
         buffer: list[np.ndarray] = []
         next_keep = 0.0

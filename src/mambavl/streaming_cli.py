@@ -158,7 +158,7 @@ def stream_source(
         total = None
     else:
         info = read_video_info(path)
-        fps = float(sample_fps or info.fps)
+        fps = float(min(sample_fps, info.fps) if sample_fps else info.fps)  # never above the video's rate
         total = round(info.num_frames * fps / info.fps)
         chunks = (frames for frames, _ in iter_video_frames(path, sample_fps=sample_fps))
     streamer = streamer_factory(fps, features)
@@ -282,7 +282,12 @@ def add_stream_parser(sub: Any) -> None:
         "--output", type=Path, default=None,
         help="predictions file, .jsonl or .csv (default: <output-dir>/<video>.predictions.jsonl)",
     )  # fmt: skip
-    p.add_argument("--output-dir", type=Path, default=Path("runs/stream"), help="default: %(default)s")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("runs/stream"),
+        help="where the predictions and the timeline go (default: %(default)s)",
+    )
     p.add_argument("--no-timeline", action="store_true", help="do not write the PNG timeline (default: write it)")
     p.add_argument("--quiet", action="store_true", help="no per-step lines and no progress bar (default: show them)")
     p.add_argument("--verbose", action="store_true", help="debug logging (default: off)")
@@ -377,12 +382,14 @@ def run_evaluate_online(args: argparse.Namespace) -> int:
         raise SystemExit("--task online streams video files (--video-root) or feature files (--features-root).")
     features = args.features_root is not None
     model, processor = _load(args.model, args.pool_window, features=features, stride=args.stride)
-    try:
-        video_ids = list(untrimmed_labels(args.annotations))
+    if not args.annotations.exists():
+        raise SystemExit(f"--annotations {args.annotations}: no such file.")
+    try:  # the annotations are read once; each video's ground truth ends with the video (set below)
+        all_labels = untrimmed_labels(args.annotations, annotation_fps=args.annotation_fps)
     except (ValueError, TypeError) as error:
         raise SystemExit(f"--annotations {args.annotations}: {error}") from error
     all_steps, truths, per_video = [], ([], []), {}
-    for video_id in video_ids:
+    for video_id, labels in all_labels.items():
         path = _source_path(args, video_id)
         steps, _, duration = stream_source(
             lambda fps, features: _make_streamer(model, processor, args, fps, features), path,
@@ -391,7 +398,7 @@ def run_evaluate_online(args: argparse.Namespace) -> int:
         if not steps:
             logger.warning("%s: too short for one step; left out", path)
             continue
-        labels = _labels_for(args.annotations, video_id, duration, args.annotation_fps)
+        labels.duration = max(labels.duration, duration)
         truth = _truth(labels, steps, steps[0].task, args.anticipation_time)
         all_steps += steps
         truths[0].append(truth[0])
@@ -494,5 +501,9 @@ def run_streaming_demo(args: argparse.Namespace) -> int:
     print(f"  verb / noun / action top-1           {metrics['verb_top1']:5.1f}% / {metrics['noun_top1']:5.1f}% / "
           f"{metrics['action_top1']:5.1f}%")  # fmt: skip
     print(f"  always the most frequent action      {metrics['majority_action_top1']:5.1f}% action top-1")
-    print(f"\n({time.time() - start:.0f} s in all)")
+    elapsed = time.time() - start
+    summary = {**metrics, "ms_per_step": per_step, "seconds_of_video": duration, "videos": info.video_ids,
+               "epochs": epochs, "window": DEMO_WINDOW, "stride": DEMO_STRIDE, "total_seconds": elapsed}  # fmt: skip
+    (out / "streaming_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n({elapsed:.0f} s in all; metrics: {out / 'streaming_metrics.json'})")
     return 0

@@ -1,10 +1,10 @@
 """Timeline pictures of a stream: the top predicted action at each step against the ground-truth segments.
 
 :func:`plot_timeline` draws one PNG with matplotlib (``pip install "mambavl[demo]"``). A long video is cut into rows
-of ``row_seconds`` (60 s by default, so a 10-minute video is ten rows); each row has a ground-truth band (when
-labels are given) above a prediction band whose bar height is the top action's score. Each action keeps one colour
-in both bands; the ``max_legend`` most frequent actions get their own colour and a legend entry, the rest are drawn
-grey ("other"). Background (no action, or no prediction) is left white.
+of ``row_seconds`` (one minute for videos over 4 minutes, so a 10-minute video is ten rows); each row has a
+ground-truth band (when labels are given) above a prediction band whose bar height grows with the top action's score.
+Each action keeps one colour in both bands; the ``max_legend`` most frequent actions get their own colour and a legend
+entry, the rest are drawn grey ("other"). Background (no action, or no prediction) is left white.
 """
 
 from __future__ import annotations
@@ -61,11 +61,12 @@ def plot_timeline(
             ``times[i]`` to ``times[i + 1]`` (the last one for the median step length).
         verbs: ``(S,)`` top verb id per step (``-1``: no prediction, drawn as background).
         nouns: ``(S,)`` top noun id per step.
-        scores: ``(S,)`` the top action's score in [0, 1] (bar height); default full height.
+        scores: ``(S,)`` the top action's score in [0, 1]: the bar height is ``0.2 + 0.8 * score`` of the band
+            (default: full height).
         labels: a :class:`~mambavl.data.UntrimmedVideoLabels` to draw the ground truth from (optional).
         verb_names / noun_names: class names for the legend.
         duration: seconds shown (default: the end of the last step or of the labels).
-        row_seconds: seconds per row (default 60; the whole video in one row when shorter than 90 s).
+        row_seconds: seconds per row (default: one row up to 45 s, rows of 30 s up to 4 minutes, then of 60 s).
         max_legend: actions with their own colour and legend entry (the most frequent ones).
         title: the figure title.
         dpi: resolution.
@@ -98,7 +99,7 @@ def plot_timeline(
     if labels is not None:
         end = max(end, float(labels.duration)) if duration is None else end
     if row_seconds is None:
-        row_seconds = end if end <= 90 else 60.0
+        row_seconds = end if end <= 45 else 30.0 if end <= 240 else 60.0
     if not row_seconds > 0:
         raise ValueError(f"`row_seconds` must be positive, got {row_seconds!r}.")
     num_rows = max(1, int(np.ceil(end / row_seconds - 1e-9)))
@@ -113,14 +114,19 @@ def plot_timeline(
             weight[key] += b - a
     for a, b, key in truth:
         weight[key] += b - a
-    palette = [to_rgba(f"C{i}") for i in range(10)] + [to_rgba(c) for c in ("#7fc97f", "#beaed4", "#fdc086",
-               "#386cb0", "#f0027f", "#bf5b17", "#1b9e77", "#d95f02", "#7570b3", "#e7298a")]  # fmt: skip
+    palette = [to_rgba(f"C{i}") for i in range(10) if i != 7] + [  # C7 is grey, the colour of "other"
+        to_rgba(c)
+        for c in ("#7fc97f", "#beaed4", "#fdc086", "#386cb0", "#f0027f", "#bf5b17", "#1b9e77", "#d95f02", "#7570b3",
+                  "#e7298a", "#000075")
+    ]  # fmt: skip
     legend_keys = [k for k, _ in weight.most_common(max(0, min(max_legend, len(palette))))]
     colour = {k: palette[i] for i, k in enumerate(legend_keys)}
     other = to_rgba("#9a9a9a")
 
     bands = 2 if labels is not None else 1
-    fig = Figure(figsize=(14, 0.55 + (0.42 * bands + 0.28) * num_rows + 0.25 * np.ceil(len(legend_keys) / 5)))
+    legend_rows = int(np.ceil((len(legend_keys) + (len(weight) > len(legend_keys))) / 5))
+    legend_inches = 0.2 * legend_rows + 0.1 if legend_rows else 0.0
+    fig = Figure(figsize=(14, 0.6 + (0.42 * bands + 0.3) * num_rows + legend_inches))
     FigureCanvasAgg(fig)
     axes = fig.subplots(num_rows, 1, squeeze=False)[:, 0]
     pred_runs = _runs(t, stops, [(k, round(float(x), 2)) for k, x in zip(predicted, s, strict=True)])
@@ -137,7 +143,8 @@ def plot_timeline(
         for a, b, (key, score) in pred_runs:
             if key is None or b <= lo or a >= hi:
                 continue
-            ax.broken_barh([(max(a, lo), min(b, hi) - max(a, lo))], (0.05, 0.9 * score), color=colour.get(key, other))
+            height = 0.9 * (0.2 + 0.8 * score)  # a floor keeps low-confidence answers visible
+            ax.broken_barh([(max(a, lo), min(b, hi) - max(a, lo))], (0.05, height), color=colour.get(key, other))
         for a, b, key in truth:
             if b <= lo or a >= hi:
                 continue
@@ -150,8 +157,7 @@ def plot_timeline(
         fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    legend_rows = np.ceil(len(handles) / 5)
-    fig.tight_layout(rect=(0, 0.25 * legend_rows / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)

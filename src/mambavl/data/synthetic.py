@@ -1021,12 +1021,13 @@ def generate_long_videos(
         <root>/annotations/verb_classes.csv   and noun_classes.csv, as in generate_synthetic_dataset
         <root>/annotations/metadata.json
 
+    The other arguments are those of :func:`generate_synthetic_dataset`.
+
     Args:
         num_videos: number of videos.
         segments_per_video: actions per video; the labels cycle through shuffled permutations of all verbs and of
             all nouns, so every class appears when ``segments_per_video`` is at least the number of classes.
         idle_duration: range in seconds of the idle gap before each action (background).
-        The other arguments are those of :func:`generate_synthetic_dataset`.
 
     Returns:
         :class:`LongVideoInfo` (``info.labels()`` gives the per-time ground truth).

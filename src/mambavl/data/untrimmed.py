@@ -69,6 +69,7 @@ class UntrimmedVideoLabels:
 
     Example:
 
+    >>> from mambavl.data import ActionSegment, UntrimmedVideoLabels
     >>> labels = UntrimmedVideoLabels("P01_01", [ActionSegment(1.0, 3.0, verb=2, noun=5),
     ...                                           ActionSegment(2.0, 4.0, verb=0, noun=1)])
     >>> verbs, nouns = labels.at([0.5, 1.0, 2.5, 3.5, 4.0])
@@ -104,7 +105,7 @@ class UntrimmedVideoLabels:
         return f"UntrimmedVideoLabels({self.video_id!r}, {len(self.segments)} segments, {self.duration:.1f} s)"
 
     def segment_index_at(self, times: Any) -> np.ndarray:
-        """Index into :attr:`segments` of the segment running at each time, ``-1`` for background.
+        """Index into ``segments`` of the segment running at each time, ``-1`` for background.
 
         Args:
             times: ``(S,)`` times in seconds.
