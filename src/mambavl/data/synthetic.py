@@ -695,6 +695,97 @@ def _write_text(path: str, text: str) -> None:
         handle.write(text)
 
 
+def _render_params(
+    *,
+    num_videos: int,
+    segments_per_video: int,
+    seed: int,
+    size: int,
+    fps: float,
+    verbs: Sequence[str] | None,
+    nouns: Sequence[str] | None,
+    segment_duration: tuple[float, float],
+    idle_duration: tuple[float, float],
+    preparation_time: float,
+    anticipation_gap: float,
+    noise_std: tuple[float, float],
+    camera_shake: float,
+    num_participants: int,
+    crf: int,
+) -> dict[str, Any]:
+    """Check the arguments both generators share and return them as the JSON ``params`` of ``metadata.json``
+    (``verbs`` / ``nouns``: the class keys, defaults filled in); the caller checks ``num_videos``."""
+    verb_keys = list(verbs) if verbs is not None else list(VERB_SPECS)
+    noun_keys = list(nouns) if nouns is not None else list(NOUN_SPECS)
+    for name, keys, table in (("verbs", verb_keys, VERB_SPECS), ("nouns", noun_keys, NOUN_SPECS)):
+        unknown = [k for k in keys if k not in table]
+        if unknown:
+            raise ValueError(f"Unknown {name} {unknown}; available: {sorted(table)}")
+        if len(set(keys)) != len(keys) or len(keys) < 2:
+            raise ValueError(f"`{name}` must list at least two distinct names, got {keys}")
+    if segments_per_video < 1:
+        raise ValueError(f"`segments_per_video` must be >= 1, got {segments_per_video}")
+    if size < 16 or size % 2:
+        raise ValueError(f"`size` must be an even number >= 16, got {size}")
+    if not fps > 0:
+        raise ValueError(f"`fps` must be positive, got {fps}")
+    for name, (lo, hi) in (("segment_duration", segment_duration), ("idle_duration", idle_duration)):
+        if not 0 < lo <= hi:
+            raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high, got {(lo, hi)}")
+    if preparation_time < 0 or anticipation_gap < 0:
+        raise ValueError(
+            f"`preparation_time` and `anticipation_gap` must be >= 0, got {preparation_time}, {anticipation_gap}"
+        )
+    if not 0 <= noise_std[0] <= noise_std[1]:
+        raise ValueError(f"`noise_std` must be (low, high) with 0 <= low <= high, got {tuple(noise_std)}")
+    if camera_shake < 0:
+        raise ValueError(f"`camera_shake` must be >= 0, got {camera_shake}")
+    return {
+        "generator_version": _GENERATOR_VERSION,
+        "num_videos": num_videos,
+        "segments_per_video": segments_per_video,
+        "seed": seed,
+        "size": size,
+        "fps": float(fps),
+        "verbs": verb_keys,
+        "nouns": noun_keys,
+        "segment_duration": [float(x) for x in segment_duration],
+        "idle_duration": [float(x) for x in idle_duration],
+        "preparation_time": float(preparation_time),
+        "anticipation_gap": float(anticipation_gap),
+        "noise_std": [float(x) for x in noise_std],
+        "camera_shake": float(camera_shake),
+        "num_participants": num_participants,
+        "crf": crf,
+    }
+
+
+def _annotation_row(
+    vid: str, participant: int, seg: dict[str, Any], verb_id: int, noun_id: int, fps: float, decimals: int
+) -> list[Any]:
+    """One EK100 annotation row (:data:`ANNOTATION_COLUMNS`) of a segment that :func:`_render_video` returned;
+    ``decimals``: digits of the start/stop timestamps."""
+    verb_word, noun_word = seg["words"]
+    start_frame, stop_frame = seg["start"] + 1, seg["stop"] + 1
+    start_s, stop_s = (start_frame - 1) / fps, stop_frame / fps
+    return [
+        f"{vid}_{seg['segment']}", f"P{participant:02d}", vid,
+        seconds_to_timestamp(start_s + 0.1 * (stop_s - start_s), decimals=3),
+        seconds_to_timestamp(start_s, decimals=decimals), seconds_to_timestamp(stop_s, decimals=decimals),
+        start_frame, stop_frame, _narration(verb_word, noun_word), verb_word, verb_id,
+        noun_word, noun_id, repr([noun_word]), repr([noun_id]),
+    ]  # fmt: skip
+
+
+def _write_class_lists(paths: dict[str, str], verb_specs: Sequence[VerbSpec], noun_specs: Sequence[NounSpec]) -> None:
+    """``verb_classes.csv`` and ``noun_classes.csv`` (``id, key, instances, category``) at ``paths["verbs"]`` /
+    ``paths["nouns"]``."""
+    class_header = ("id", "key", "instances", "category")
+    for key, specs in (("verbs", verb_specs), ("nouns", noun_specs)):
+        rows = [[i, spec.key, repr(list(spec.instances)), spec.category] for i, spec in enumerate(specs)]
+        _write_text(paths[key], _csv_text(class_header, rows))
+
+
 def generate_synthetic_dataset(
     root: str | os.PathLike,
     *,
@@ -740,35 +831,17 @@ def generate_synthetic_dataset(
     Returns:
         :class:`SyntheticDatasetInfo` with paths, class names and counts.
     """
-    verb_keys = list(verbs) if verbs is not None else list(VERB_SPECS)
-    noun_keys = list(nouns) if nouns is not None else list(NOUN_SPECS)
-    for name, keys, table in (("verbs", verb_keys, VERB_SPECS), ("nouns", noun_keys, NOUN_SPECS)):
-        unknown = [k for k in keys if k not in table]
-        if unknown:
-            raise ValueError(f"Unknown {name} {unknown}; available: {sorted(table)}")
-        if len(set(keys)) != len(keys) or len(keys) < 2:
-            raise ValueError(f"`{name}` must list at least two distinct names, got {keys}")
     if num_videos < 2:
         raise ValueError(f"`num_videos` must be >= 2 (train and validation), got {num_videos}")
-    if segments_per_video < 1:
-        raise ValueError(f"`segments_per_video` must be >= 1, got {segments_per_video}")
-    if size < 16 or size % 2:
-        raise ValueError(f"`size` must be an even number >= 16, got {size}")
-    if not fps > 0:
-        raise ValueError(f"`fps` must be positive, got {fps}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}")
-    for name, (lo, hi) in (("segment_duration", segment_duration), ("idle_duration", idle_duration)):
-        if not 0 < lo <= hi:
-            raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high, got {(lo, hi)}")
-    if preparation_time < 0 or anticipation_gap < 0:
-        raise ValueError(
-            f"`preparation_time` and `anticipation_gap` must be >= 0, got {preparation_time}, {anticipation_gap}"
-        )
-    if not 0 <= noise_std[0] <= noise_std[1]:
-        raise ValueError(f"`noise_std` must be (low, high) with 0 <= low <= high, got {tuple(noise_std)}")
-    if camera_shake < 0:
-        raise ValueError(f"`camera_shake` must be >= 0, got {camera_shake}")
+    params = _render_params(
+        num_videos=num_videos, segments_per_video=segments_per_video, seed=seed, size=size, fps=fps, verbs=verbs,
+        nouns=nouns, segment_duration=segment_duration, idle_duration=idle_duration,
+        preparation_time=preparation_time, anticipation_gap=anticipation_gap, noise_std=noise_std,
+        camera_shake=camera_shake, num_participants=num_participants, crf=crf,
+    )  # fmt: skip
+    verb_keys, noun_keys = params["verbs"], params["nouns"]
     num_val = min(num_videos - 1, max(1, round(num_videos * val_fraction)))
     num_train_segments = (num_videos - num_val) * segments_per_video
     if num_train_segments < max(len(verb_keys), len(noun_keys)):
@@ -777,25 +850,7 @@ def generate_synthetic_dataset(
             "train: increase num_videos or segments_per_video"
         )
 
-    params = {
-        "generator_version": _GENERATOR_VERSION,
-        "num_videos": num_videos,
-        "segments_per_video": segments_per_video,
-        "seed": seed,
-        "size": size,
-        "fps": float(fps),
-        "val_fraction": float(val_fraction),
-        "verbs": verb_keys,
-        "nouns": noun_keys,
-        "segment_duration": [float(x) for x in segment_duration],
-        "idle_duration": [float(x) for x in idle_duration],
-        "preparation_time": float(preparation_time),
-        "anticipation_gap": float(anticipation_gap),
-        "noise_std": [float(x) for x in noise_std],
-        "camera_shake": float(camera_shake),
-        "num_participants": num_participants,
-        "crf": crf,
-    }
+    params["val_fraction"] = float(val_fraction)
     root = os.fspath(root)
     videos_dir = os.path.join(root, "videos")
     ann_dir = os.path.join(root, "annotations")
@@ -858,42 +913,12 @@ def generate_synthetic_dataset(
         write_video(os.path.join(videos_dir, vid + ".mp4"), frames, fps, crf=crf, gop_size=max(1, round(fps)))
         split = "validation" if i in val_set else "train"
         for seg in segments:
-            k = seg["segment"]
-            verb_id, noun_id = labels[i][k]
-            verb_word, noun_word = seg["words"]
-            start_frame, stop_frame = seg["start"] + 1, seg["stop"] + 1
-            start_s, stop_s = (start_frame - 1) / fps, stop_frame / fps
-            rows[split].append(
-                [
-                    f"{vid}_{k}",
-                    f"P{participant:02d}",
-                    vid,
-                    seconds_to_timestamp(start_s + 0.1 * (stop_s - start_s), decimals=3),
-                    seconds_to_timestamp(start_s),
-                    seconds_to_timestamp(stop_s),
-                    start_frame,
-                    stop_frame,
-                    _narration(verb_word, noun_word),
-                    verb_word,
-                    verb_id,
-                    noun_word,
-                    noun_id,
-                    repr([noun_word]),
-                    repr([noun_id]),
-                ]
-            )
+            verb_id, noun_id = labels[i][seg["segment"]]
+            rows[split].append(_annotation_row(vid, participant, seg, verb_id, noun_id, fps, decimals=2))
 
     _write_text(paths["train"], _csv_text(ANNOTATION_COLUMNS, rows["train"]))
     _write_text(paths["validation"], _csv_text(ANNOTATION_COLUMNS, rows["validation"]))
-    class_header = ("id", "key", "instances", "category")
-    _write_text(
-        paths["verbs"],
-        _csv_text(class_header, [[i, v.key, repr(list(v.instances)), v.category] for i, v in enumerate(verb_specs)]),
-    )
-    _write_text(
-        paths["nouns"],
-        _csv_text(class_header, [[i, n.key, repr(list(n.instances)), n.category] for i, n in enumerate(noun_specs)]),
-    )
+    _write_class_lists(paths, verb_specs, noun_specs)
     metadata = {
         "params": params,
         "verb_names": verb_keys,
@@ -1032,48 +1057,16 @@ def generate_long_videos(
     Returns:
         :class:`LongVideoInfo` (``info.labels()`` gives the per-time ground truth).
     """
-    verb_keys = list(verbs) if verbs is not None else list(VERB_SPECS)
-    noun_keys = list(nouns) if nouns is not None else list(NOUN_SPECS)
-    for name, keys, table in (("verbs", verb_keys, VERB_SPECS), ("nouns", noun_keys, NOUN_SPECS)):
-        unknown = [k for k in keys if k not in table]
-        if unknown:
-            raise ValueError(f"Unknown {name} {unknown}; available: {sorted(table)}")
-        if len(set(keys)) != len(keys) or len(keys) < 2:
-            raise ValueError(f"`{name}` must list at least two distinct names, got {keys}")
     if num_videos < 1:
         raise ValueError(f"`num_videos` must be >= 1, got {num_videos}")
-    if segments_per_video < 1:
-        raise ValueError(f"`segments_per_video` must be >= 1, got {segments_per_video}")
-    if size < 16 or size % 2:
-        raise ValueError(f"`size` must be an even number >= 16, got {size}")
-    if not fps > 0:
-        raise ValueError(f"`fps` must be positive, got {fps}")
-    for name, (lo, hi) in (("segment_duration", segment_duration), ("idle_duration", idle_duration)):
-        if not 0 < lo <= hi:
-            raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high, got {(lo, hi)}")
-    if preparation_time < 0 or anticipation_gap < 0:
-        raise ValueError(
-            f"`preparation_time` and `anticipation_gap` must be >= 0, got {preparation_time}, {anticipation_gap}"
-        )
-    params = {
-        "generator_version": _GENERATOR_VERSION,
-        "kind": "long",
-        "num_videos": num_videos,
-        "segments_per_video": segments_per_video,
-        "seed": seed,
-        "size": size,
-        "fps": float(fps),
-        "verbs": verb_keys,
-        "nouns": noun_keys,
-        "segment_duration": [float(x) for x in segment_duration],
-        "idle_duration": [float(x) for x in idle_duration],
-        "preparation_time": float(preparation_time),
-        "anticipation_gap": float(anticipation_gap),
-        "noise_std": [float(x) for x in noise_std],
-        "camera_shake": float(camera_shake),
-        "num_participants": num_participants,
-        "crf": crf,
-    }
+    params = _render_params(
+        num_videos=num_videos, segments_per_video=segments_per_video, seed=seed, size=size, fps=fps, verbs=verbs,
+        nouns=nouns, segment_duration=segment_duration, idle_duration=idle_duration,
+        preparation_time=preparation_time, anticipation_gap=anticipation_gap, noise_std=noise_std,
+        camera_shake=camera_shake, num_participants=num_participants, crf=crf,
+    )  # fmt: skip
+    verb_keys, noun_keys = params["verbs"], params["nouns"]
+    params["kind"] = "long"
     root = os.fspath(root)
     videos_dir = os.path.join(root, "videos")
     ann_dir = os.path.join(root, "annotations")
@@ -1112,29 +1105,10 @@ def generate_long_videos(
         video_ids.append(vid)
         num_frames[vid] = int(frames.shape[0])
         for seg in segments:
-            k = seg["segment"]
-            verb_word, noun_word = seg["words"]
-            start_frame, stop_frame = seg["start"] + 1, seg["stop"] + 1
-            start_s, stop_s = (start_frame - 1) / fps, stop_frame / fps
-            rows.append(
-                [
-                    f"{vid}_{k}", f"P{participant:02d}", vid,
-                    seconds_to_timestamp(start_s + 0.1 * (stop_s - start_s), decimals=3),
-                    seconds_to_timestamp(start_s, decimals=3), seconds_to_timestamp(stop_s, decimals=3),
-                    start_frame, stop_frame, _narration(verb_word, noun_word), verb_word, labels[k][0],
-                    noun_word, labels[k][1], repr([noun_word]), repr([labels[k][1]]),
-                ]
-            )  # fmt: skip
+            verb_id, noun_id = labels[seg["segment"]]
+            rows.append(_annotation_row(vid, participant, seg, verb_id, noun_id, fps, decimals=3))
     _write_text(paths["annotations"], _csv_text(ANNOTATION_COLUMNS, rows))
-    class_header = ("id", "key", "instances", "category")
-    _write_text(
-        paths["verbs"],
-        _csv_text(class_header, [[i, v.key, repr(list(v.instances)), v.category] for i, v in enumerate(verb_specs)]),
-    )
-    _write_text(
-        paths["nouns"],
-        _csv_text(class_header, [[i, n.key, repr(list(n.instances)), n.category] for i, n in enumerate(noun_specs)]),
-    )
+    _write_class_lists(paths, verb_specs, noun_specs)
     metadata = {
         "params": params,
         "verb_names": verb_keys,
