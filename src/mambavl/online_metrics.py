@@ -36,8 +36,7 @@ from .metrics import (
     _check_scores,
     _probabilities,
     action_accuracy,
-    action_class_mean_recall_at_k,
-    class_mean_recall_at_k,
+    anticipation_metrics,
     topk_accuracy,
 )
 
@@ -71,6 +70,18 @@ def _labels(x: Any, name: str, steps: int, num_classes: int) -> np.ndarray:
             f"found {int(y[i])} at step {i}"
         )
     return y
+
+
+def _scores_and_labels(
+    verb_scores: Any, noun_scores: Any, verb_labels: Any, noun_labels: Any
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """The checked ``(S, V)`` / ``(S, N)`` scores and ``(S,)`` labels of one stream, background at the same steps."""
+    v, n = _check_pair(verb_scores, noun_scores)
+    yv = _labels(verb_labels, "verb_labels", v.shape[0], v.shape[1])
+    yn = _labels(noun_labels, "noun_labels", n.shape[0], n.shape[1])
+    if ((yv == BACKGROUND) != (yn == BACKGROUND)).any():
+        raise ValueError("`verb_labels` and `noun_labels` must be background (-1) at the same steps")
+    return v, n, yv, yn
 
 
 def average_precision(scores: Any, targets: Any) -> float:
@@ -147,11 +158,7 @@ def per_frame_action_average_precision(
     Returns:
         ``(mAP, {(verb, noun): AP})`` as fractions.
     """
-    v, n = _check_pair(verb_scores, noun_scores)
-    yv = _labels(verb_labels, "verb_labels", v.shape[0], v.shape[1])
-    yn = _labels(noun_labels, "noun_labels", n.shape[0], n.shape[1])
-    if ((yv == BACKGROUND) != (yn == BACKGROUND)).any():
-        raise ValueError("`verb_labels` and `noun_labels` must be background (-1) at the same steps")
+    v, n, yv, yn = _scores_and_labels(verb_scores, noun_scores, verb_labels, noun_labels)
     keep = (yv != IGNORE_INDEX) & (yn != IGNORE_INDEX)
     pv = _probabilities(v, scores_are, "verb_scores").double().cpu().numpy()[keep]
     pn = _probabilities(n, scores_are, "noun_scores").double().cpu().numpy()[keep]
@@ -193,11 +200,7 @@ def online_detection_metrics(
         with no action), ``majority_action_top1`` (always answering the most frequent action of these labels, see
         :func:`majority_action_baseline`), and ``num_steps`` / ``num_action_steps``.
     """
-    v, n = _check_pair(verb_scores, noun_scores)
-    yv = _labels(verb_labels, "verb_labels", v.shape[0], v.shape[1])
-    yn = _labels(noun_labels, "noun_labels", n.shape[0], n.shape[1])
-    if ((yv == BACKGROUND) != (yn == BACKGROUND)).any():
-        raise ValueError("`verb_labels` and `noun_labels` must be background (-1) at the same steps")
+    v, n, yv, yn = _scores_and_labels(verb_scores, noun_scores, verb_labels, noun_labels)
     scored = (yv != IGNORE_INDEX) & (yn != IGNORE_INDEX)
     action = scored & (yv != BACKGROUND)
     if not action.any():
@@ -260,8 +263,8 @@ def online_anticipation_metrics(
         k: the ``k`` of recall@k (5 in EPIC-KITCHENS-100).
 
     Returns:
-        ``verb_recall{k}``, ``noun_recall{k}``, ``action_recall{k}`` (class-mean over the classes present, as
-        :func:`mambavl.metrics.class_mean_recall_at_k`), ``verb_top1`` / ``noun_top1`` / ``action_top1`` and
+        ``verb_recall{k}``, ``noun_recall{k}``, ``action_recall{k}`` (class-mean over the classes present:
+        :func:`mambavl.metrics.anticipation_metrics`), ``verb_top1`` / ``noun_top1`` / ``action_top1`` and
         ``num_action_steps``.
     """
     v, n = _check_pair(verb_scores, noun_scores)
@@ -272,9 +275,7 @@ def online_anticipation_metrics(
     yv_t = _check_labels(yv, "future_verb_labels", v.shape[0], v.shape[1], v.device)
     yn_t = _check_labels(yn, "future_noun_labels", n.shape[0], n.shape[1], v.device)
     return {
-        f"verb_recall{k}": 100 * class_mean_recall_at_k(v, yv_t, k=k),
-        f"noun_recall{k}": 100 * class_mean_recall_at_k(n, yn_t, k=k),
-        f"action_recall{k}": 100 * action_class_mean_recall_at_k(v, n, yv_t, yn_t, k=k, scores_are=scores_are),
+        **anticipation_metrics(v, n, yv_t, yn_t, k=k, scores_are=scores_are),
         "verb_top1": 100 * topk_accuracy(v, yv_t, ks=(1,))[1],
         "noun_top1": 100 * topk_accuracy(n, yn_t, ks=(1,))[1],
         "action_top1": 100 * action_accuracy(v, n, yv_t, yn_t, ks=(1,), scores_are=scores_are)[1],
