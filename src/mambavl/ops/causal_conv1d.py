@@ -65,27 +65,29 @@ def causal_conv1d(
             f"`conv_state` must be (b, d, k - 1) = {(x.shape[0], x.shape[1], width - 1)}, got "
             f"{tuple(conv_state.shape)}."
         )
-    final_state = None
-    if return_final_state:
-        history = x if conv_state is None else torch.cat([conv_state.to(x.dtype), x], dim=-1)
-        if history.shape[-1] < width - 1:
-            history = F.pad(history, (width - 1 - history.shape[-1], 0))
-        final_state = history[..., history.shape[-1] - (width - 1) :]
-    if conv_state is None:
-        out = _conv(x, weight, bias, activation, width)
-    else:
-        weight = weight.to(x.dtype)
-        bias = bias.to(x.dtype) if bias is not None else None
-        xs = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # (b, d, k - 1 + l): no padding needed
-        out = F.conv1d(xs, weight.unsqueeze(1), bias, groups=x.shape[1])
-        out = F.silu(out) if activation == "silu" else out
-    return (out, final_state) if return_final_state else out
+    # with a state: x with the inputs that precede it, (b, d, k - 1 + l), the state in place of the zero padding
+    history = None if conv_state is None else torch.cat([conv_state.to(x.dtype), x], dim=-1)
+    out = _conv(x, weight, bias, activation, width, history)
+    if not return_final_state:
+        return out
+    history = x if history is None else history
+    if history.shape[-1] < width - 1:
+        history = F.pad(history, (width - 1 - history.shape[-1], 0))
+    return out, history[..., history.shape[-1] - (width - 1) :]
 
 
-def _conv(x, weight, bias, activation, width):
-    if x.is_cuda and 2 <= width <= 4 and x.stride(-1) == 1 and (kernel := _causal_conv1d_kernel()) is not None:
+def _conv(x, weight, bias, activation, width, history=None):
+    """The convolution of ``x (b, d, l)`` after zeros (``history=None``) or as the last ``l`` outputs over
+    ``history (b, d, k - 1 + l)``."""
+    if (
+        history is None and x.is_cuda and 2 <= width <= 4 and x.stride(-1) == 1
+        and (kernel := _causal_conv1d_kernel()) is not None
+    ):  # fmt: skip
         return kernel(x, weight, bias, activation=activation)
     weight = weight.to(x.dtype)  # the kernel takes a float32 filter for bf16 inputs; conv1d needs one dtype
     bias = bias.to(x.dtype) if bias is not None else None
-    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    if history is None:
+        out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    else:
+        out = F.conv1d(history, weight.unsqueeze(1), bias, groups=x.shape[1])  # no padding needed
     return F.silu(out) if activation == "silu" else out
