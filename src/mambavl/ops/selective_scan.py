@@ -268,6 +268,16 @@ def _bc_step(X4, t):
     return X4[..., t if X4.shape[-1] > 1 else 0]
 
 
+def _scan_delta(delta, delta_bias, delta_softplus, dtype):
+    """``delta (b, d, l)`` in ``dtype`` as the recurrence uses it: ``delta_bias`` added, softplus applied."""
+    delta = delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
 def selective_scan_reference(
     u,
     delta,
@@ -287,11 +297,8 @@ def selective_scan_reference(
     (``h_0``; zeros when ``None``), which gets its gradient from autograd.
     """
     dtype, out_dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state), u.dtype
-    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, A, B, C = (t.to(dtype) for t in (u, A, B, C))
+    delta = _scan_delta(delta, delta_bias, delta_softplus, dtype)
     batch, dim, length = u.shape
     B4, C4 = _bc_4d(B, dim), _bc_4d(C, dim)
     h = u.new_zeros(batch, dim, A.shape[1]) if initial_state is None else initial_state.to(dtype)  # (b, d, n)
@@ -357,12 +364,9 @@ def _scan_from_initial_state(scan_zero, u, delta, A, B, C, D, z, delta_bias, del
     """
     out, last = scan_zero(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    dt = delta.to(dtype)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    y0, h0_last = initial_state_contribution(dt, A, C, initial_state)
+    y0, h0_last = initial_state_contribution(
+        _scan_delta(delta, delta_bias, delta_softplus, dtype), A, C, initial_state
+    )
     if z is not None:
         y0 = y0 * F.silu(z.to(dtype))
     out = (out.to(dtype) + y0).to(u.dtype)
