@@ -455,6 +455,14 @@ def _chunk_forward(dt_tm, dtu_tm, B_tm, At2, t0, t1, dA_buf, H_buf, dA_steps, H_
     return dA, H
 
 
+def _load_h0(H0, h0):
+    """Set the ``(b, n, d)`` state entering the scan, ``H0``, to ``h0 (b, d, n)`` (zeros when ``None``)."""
+    if h0 is None:
+        H0.zero_()
+    else:
+        H0.copy_(h0.transpose(1, 2))
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     """The ``"torch"`` backend: chunked forward, reverse-scan backward (see the module docstring)."""
 
@@ -474,10 +482,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         T = min(chunk, L)
         dA_buf = u.new_empty(T, b, n, d)
         H_buf = u.new_empty(T + 1, b, n, d)
-        if h0 is None:
-            H_buf[0].zero_()
-        else:
-            H_buf[0].copy_(h0.transpose(1, 2))  # (b, d, n) -> (b, n, d)
+        _load_h0(H_buf[0], h0)
         steps = dA_buf.unbind(0), H_buf.unbind(0)
         for k in range(nchunks):
             t0, t1 = k * chunk, min((k + 1) * chunk, L)
@@ -565,10 +570,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             m = t1 - t0
             x = m * b
             if k == 0:
-                if h0 is None:
-                    H_buf[0].zero_()
-                else:
-                    H_buf[0].copy_(h0.transpose(1, 2))
+                _load_h0(H_buf[0], h0)
             else:
                 H_buf[0].copy_(states[k - 1])
             dA_k, H = _chunk_forward(dt_tm, dtu_tm, B_tm, At2, t0, t1, dA_buf, H_buf, *steps)
