@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .video_processing_mambavl import _normalize_crop_size, _positive_int
+
 __all__ = ["MambaVLStreamer", "StreamStep", "iter_video_frames", "tokens_per_window"]
 
 logger = logging.getLogger(__name__)
@@ -80,12 +82,6 @@ def _task_of(model: Any) -> str:
     raise TypeError(
         f"`model` must be a MambaVLForActionRecognition or MambaVLForActionAnticipation, got {type(model).__name__}."
     )
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 class MambaVLStreamer:
@@ -309,8 +305,6 @@ class MambaVLStreamer:
 def tokens_per_window(model: Any, processor: Any) -> int:
     """Video tokens the model's encoder makes of one processed window (``processor.video_processor`` output), e.g.
     64 for the demo's 3-D CNN on 8 frames of 32x32: the ``pool_window`` that classifies each step like a clip."""
-    from .video_processing_mambavl import _normalize_crop_size
-
     encoder = getattr(model.mambavl, "video_encoder", None) if hasattr(model, "mambavl") else None
     if encoder is None:
         raise ValueError("The model has no video encoder (it reads precomputed features): pass the pool window.")
