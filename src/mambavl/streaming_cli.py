@@ -232,16 +232,15 @@ def _timeline(path: Path, steps: Sequence[Any], model: Any, labels: Any, title: 
     )  # fmt: skip
 
 
-def _labels_for(annotations: Path, video_id: str, duration: float, annotation_fps: float | None) -> Any:
+def _read_labels(annotations: Path, annotation_fps: float | None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`~mambavl.data.untrimmed_labels` of ``--annotations``, with a missing or bad file a one-line exit."""
     from .data import untrimmed_labels
 
     if not annotations.exists():
         raise SystemExit(f"--annotations {annotations}: no such file.")
     try:
-        return untrimmed_labels(
-            annotations, annotation_fps=annotation_fps, durations={video_id: duration}, video_ids=[video_id]
-        )[video_id]
-    except ValueError as error:
+        return untrimmed_labels(annotations, annotation_fps=annotation_fps, **kwargs)
+    except (ValueError, TypeError) as error:
         raise SystemExit(f"--annotations {annotations}: {error}") from error
 
 
@@ -315,7 +314,10 @@ def run_stream(args: argparse.Namespace) -> int:
     task = steps[0].task
     labels = truth = None
     if args.annotations is not None:
-        labels = _labels_for(args.annotations, args.video_id or args.video.stem, duration, args.annotation_fps)
+        video_id = args.video_id or args.video.stem
+        labels = _read_labels(
+            args.annotations, args.annotation_fps, durations={video_id: duration}, video_ids=[video_id]
+        )[video_id]
         truth = _truth(labels, steps, task, args.anticipation_time)
     out = args.output or args.output_dir / f"{args.video.stem}.predictions.jsonl"
     write_predictions(out, steps, truth)
@@ -376,18 +378,12 @@ def run_evaluate_online(args: argparse.Namespace) -> int:
     """``mambavl evaluate --task online``: stream every video of ``--annotations`` and score all steps together."""
     import numpy as np
 
-    from .data import untrimmed_labels
-
     if getattr(args, "frames_root", None) is not None:
         raise SystemExit("--task online streams video files (--video-root) or feature files (--features-root).")
     features = args.features_root is not None
     model, processor = _load(args.model, args.pool_window, features=features, stride=args.stride)
-    if not args.annotations.exists():
-        raise SystemExit(f"--annotations {args.annotations}: no such file.")
-    try:  # the annotations are read once; each video's ground truth ends with the video (set below)
-        all_labels = untrimmed_labels(args.annotations, annotation_fps=args.annotation_fps)
-    except (ValueError, TypeError) as error:
-        raise SystemExit(f"--annotations {args.annotations}: {error}") from error
+    # the annotations are read once; each video's ground truth ends with the video (set below)
+    all_labels = _read_labels(args.annotations, args.annotation_fps)
     all_steps, truths, per_video = [], ([], []), {}
     for video_id, labels in all_labels.items():
         path = _source_path(args, video_id)
