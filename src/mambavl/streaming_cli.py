@@ -380,10 +380,10 @@ def run_evaluate_online(args: argparse.Namespace) -> int:
 
     if getattr(args, "frames_root", None) is not None:
         raise SystemExit("--task online streams video files (--video-root) or feature files (--features-root).")
+    # the annotations are read once, before the model loads; each video's ground truth ends with the video (below)
+    all_labels = _read_labels(args.annotations, args.annotation_fps)
     features = args.features_root is not None
     model, processor = _load(args.model, args.pool_window, features=features, stride=args.stride)
-    # the annotations are read once; each video's ground truth ends with the video (set below)
-    all_labels = _read_labels(args.annotations, args.annotation_fps)
     all_steps, truths, per_video = [], ([], []), {}
     for video_id, labels in all_labels.items():
         path = _source_path(args, video_id)
