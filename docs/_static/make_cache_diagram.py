@@ -7,39 +7,19 @@ The PNG is committed; rerun this script after changing it.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+import make_diagram  # the sibling script (this folder is on sys.path when a script in it runs)
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from make_diagram import HERE, NEUTRAL, NEUTRAL_EDGE, TEXT, TEXT_EDGE, VIDEO, VIDEO_EDGE
+from make_diagram import SHARED as STATE
+from make_diagram import SHARED_EDGE as STATE_EDGE
+from matplotlib.patches import FancyBboxPatch
 
-HERE = Path(__file__).resolve().parent
-VIDEO, VIDEO_EDGE = "#d7e8fb", "#2f6db5"
-TEXT, TEXT_EDGE = "#fde3cc", "#c0661a"
-STATE, STATE_EDGE = "#dcf2dc", "#2e8b3e"
-NEUTRAL, NEUTRAL_EDGE = "#f2f2f2", "#666666"
-
-
-def box(ax, x, y, w, h, text, face, edge, size=9.5, weight="normal"):
-    """A rounded box centred at (x, y)."""
-    ax.add_patch(
-        FancyBboxPatch(
-            (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-            facecolor=face, edgecolor=edge, linewidth=1.3,
-        )
-    )  # fmt: skip
-    ax.text(x, y, text, ha="center", va="center", fontsize=size, weight=weight, linespacing=1.35)
-
-
-def arrow(ax, start, end, color="#444444", dashed=False, rad=0.0):
-    ax.add_patch(
-        FancyArrowPatch(
-            start, end, arrowstyle="-|>", mutation_scale=12, color=color, linewidth=1.2, shrinkA=2, shrinkB=2,
-            linestyle="--" if dashed else "-", connectionstyle=f"arc3,rad={rad}",
-        )
-    )  # fmt: skip
+# make_diagram's boxes and arrows, a little finer for this denser picture
+box = partial(make_diagram.box, size=9.5, linewidth=1.3)
+arrow = partial(make_diagram.arrow, width=1.2, scale=12)
 
 
 def cache_diagram(path: Path) -> None:

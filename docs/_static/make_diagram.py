@@ -27,21 +27,21 @@ NEUTRAL = "#f2f2f2"
 NEUTRAL_EDGE = "#666666"
 
 
-def box(ax, x, y, w, h, text, face, edge, size=10, weight="normal"):
+def box(ax, x, y, w, h, text, face, edge, size=10, weight="normal", linewidth=1.4):
     """A rounded box centred at (x, y)."""
     ax.add_patch(
         FancyBboxPatch(
             (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-            facecolor=face, edgecolor=edge, linewidth=1.4,
+            facecolor=face, edgecolor=edge, linewidth=linewidth,
         )
     )  # fmt: skip
     ax.text(x, y, text, ha="center", va="center", fontsize=size, weight=weight, linespacing=1.35)
 
 
-def arrow(ax, start, end, color="#444444", style="-|>", width=1.3, rad=0.0, dashed=False):
+def arrow(ax, start, end, color="#444444", style="-|>", width=1.3, rad=0.0, dashed=False, scale=13):
     ax.add_patch(
         FancyArrowPatch(
-            start, end, arrowstyle=style, mutation_scale=13, color=color, linewidth=width,
+            start, end, arrowstyle=style, mutation_scale=scale, color=color, linewidth=width,
             connectionstyle=f"arc3,rad={rad}", linestyle="--" if dashed else "-", shrinkA=2, shrinkB=2,
         )
     )  # fmt: skip
