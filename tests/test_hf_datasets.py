@@ -42,6 +42,16 @@ def processor(synthetic):
     )
 
 
+def _tiny_model(synthetic, processor) -> MambaVLForActionRecognition:
+    """A tiny recognition model that reads the processor's 16x16 clips and the synthetic label space."""
+    config = tiny_config(
+        video_config=tiny_video_config(image_size=16), video_feature_size=None,
+        text_config=tiny_text_config(vocab_size=processor.tokenizer.vocab_size),
+        num_verb_classes=len(synthetic.verb_names), num_noun_classes=len(synthetic.noun_names),
+    )  # fmt: skip
+    return MambaVLForActionRecognition(config)
+
+
 def test_rows_are_the_decoded_segments(synthetic):
     source = synthetic.video_source()
     dataset = hf_segment_dataset(synthetic.train_annotations, source, num_frames=4)
@@ -74,12 +84,7 @@ def test_with_a_processor_rows_are_model_inputs_that_batch_with_the_default_coll
     loader = torch.utils.data.DataLoader(dataset, batch_size=3)  # the default collation: fixed shapes
     batch = next(iter(loader))
     assert batch["pixel_values"].shape == (3, 4, 3, 16, 16) and batch["noun_input_ids"].shape == (3, 24)
-    config = tiny_config(
-        video_config=tiny_video_config(image_size=16), video_feature_size=None,
-        text_config=tiny_text_config(vocab_size=processor.tokenizer.vocab_size),
-        num_verb_classes=len(synthetic.verb_names), num_noun_classes=len(synthetic.noun_names),
-    )  # fmt: skip
-    model = MambaVLForActionRecognition(config)
+    model = _tiny_model(synthetic, processor)
     assert torch.isfinite(model(**batch).loss)
 
 
@@ -119,12 +124,7 @@ def test_trainer_trains_on_the_dataset(tmp_path, synthetic, processor):
     from transformers import Trainer, TrainingArguments
 
     clips = hf_segment_dataset(synthetic.train_annotations, synthetic.video_source(), processor, num_frames=4)
-    config = tiny_config(
-        video_config=tiny_video_config(image_size=16), video_feature_size=None,
-        text_config=tiny_text_config(vocab_size=processor.tokenizer.vocab_size),
-        num_verb_classes=len(synthetic.verb_names), num_noun_classes=len(synthetic.noun_names),
-    )  # fmt: skip
-    model = MambaVLForActionRecognition(config)
+    model = _tiny_model(synthetic, processor)
     before = model.verb_head.weight.detach().clone()
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, report_to=[], use_cpu=True,
