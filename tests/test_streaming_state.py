@@ -132,6 +132,17 @@ def test_pool_window_pools_the_last_fused_tokens(scan, window):
         assert tuple(cache.pool_state.shape) == (2, window, 32)
 
 
+def test_pool_window_set_on_a_built_model_applies_to_clips_and_streams():
+    """`mambavl stream` sets config.pool_window on the loaded model: the clip forward and a new stream both follow."""
+    model, inputs = make(num_fusion_layers=2)
+    windowed, _ = make(num_fusion_layers=2, pool_window=4)  # same weights, built with the window
+    model.config.pool_window = 4
+    assert rel_err(model(**inputs).verb_features, windowed(**inputs).verb_features) < 1e-12
+    out, cache = stream(model, inputs, CHUNKINGS["uneven"])
+    assert rel_err(out.verb_features, windowed(**inputs).verb_features) < 1e-10
+    assert tuple(cache.pool_state.shape) == (2, 4, 32)
+
+
 @pytest.mark.parametrize("pool_window", [None, 3])
 def test_constant_memory_over_10000_one_token_steps(pool_window):
     torch.manual_seed(0)

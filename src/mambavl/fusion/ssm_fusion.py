@@ -328,7 +328,7 @@ class MambaFusion(nn.Module):
 
     def __init__(self, config: MambaVLConfig):
         super().__init__()
-        self.pool_window = config.pool_window
+        self.config = config  # pool_window is read from it at each call
         self.layers = nn.ModuleList(MambaFusionLayer(config) for _ in range(config.num_fusion_layers))
         self.video_norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.text_norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
@@ -365,7 +365,7 @@ class MambaFusion(nn.Module):
         verb_question, noun_question = self.text_norm(verb_question), self.text_norm(noun_question)
         return fusion_output_from_tokens(
             video, verb_question, noun_question, verb_attention_mask, noun_attention_mask, all_video,
-            pool_window=self.pool_window,
+            pool_window=self.config.pool_window,
         )  # fmt: skip
 
     def _forward_with_cache(
