@@ -80,20 +80,21 @@ def _load(model_dir: str | Path, pool_window: str = "auto", *, features: bool = 
     anticipation = "MambaVLForActionAnticipation" in (getattr(config, "architectures", None) or [])
     model_class = MambaVLForActionAnticipation if anticipation else MambaVLForActionRecognition
     processor = MambaVLProcessor.from_pretrained(path)
-    if pool_window == "all":
-        window = None
-    elif pool_window == "auto":
-        window = config.pool_window
-        if window is None:
-            window = (stride or 1) if features else tokens_per_window(model_class.from_pretrained(path), processor)
-    else:
+    window = None  # --pool-window all
+    if pool_window not in ("all", "auto"):
         try:
             window = int(pool_window)
         except (TypeError, ValueError):
             window = 0
         if window < 1:
             raise SystemExit(f"--pool-window must be 'auto', 'all' or a positive integer, got {pool_window!r}.")
-    return model_class.from_pretrained(path, pool_window=window).eval(), processor
+    model = model_class.from_pretrained(path).eval()
+    if pool_window == "auto":
+        window = model.config.pool_window
+        if window is None:
+            window = (stride or 1) if features else tokens_per_window(model, processor)
+    model.config.pool_window = window  # the fusion and the cache read it at each call: no second load
+    return model, processor
 
 
 def _make_streamer(model: Any, processor: Any, args: argparse.Namespace, fps: float, features: bool) -> Any:
