@@ -385,9 +385,10 @@ def run_evaluate_online(args: argparse.Namespace) -> int:
     all_labels = _read_labels(args.annotations, args.annotation_fps)
     features = args.features_root is not None
     model, processor = _load(args.model, args.pool_window, features=features, stride=args.stride)
+    source_path = _source_paths(args)
     all_steps, truths, per_video = [], ([], []), {}
     for video_id, labels in all_labels.items():
-        path = _source_path(args, video_id)
+        path = source_path(video_id)
         steps, _, duration = stream_source(
             lambda fps, features: _make_streamer(model, processor, args, fps, features), path,
             sample_fps=args.sample_fps, feature_fps=args.feature_fps, progress=True,
@@ -418,14 +419,18 @@ def run_evaluate_online(args: argparse.Namespace) -> int:
     return 0
 
 
-def _source_path(args: argparse.Namespace, video_id: str) -> Path:
+def _source_paths(args: argparse.Namespace) -> Any:
+    """``video_id -> Path``: the video file of ``--video-root`` or the feature file of ``--features-root``, from one
+    source for all videos (a video source lists each folder once)."""
     if args.video_root is not None:
         from .data import VideoFileSource
 
-        return Path(VideoFileSource(args.video_root, layout=args.layout).path(video_id))
+        videos = VideoFileSource(args.video_root, layout=args.layout)
+        return lambda video_id: Path(videos.path(video_id))
     from .data import FeatureSource
 
-    return Path(FeatureSource(args.features_root).location(video_id))
+    features = FeatureSource(args.features_root)
+    return lambda video_id: Path(features.location(video_id))
 
 
 # ---------------------------------------------------------------------------------------------- demo --task streaming
