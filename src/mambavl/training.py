@@ -706,8 +706,16 @@ def _replan_learning_rate(optimizer: Any, scheduler: Any, factor: Callable[[int]
 
 
 def _finish(accelerator: Any) -> None:
-    """End a run cleanly; without tearing the process group down, gloo sometimes aborts at exit."""
+    """End a run cleanly; without tearing the process group down, gloo sometimes aborts at exit.
+
+    The pause after the barrier matters too: gloo's worker thread releases a finished collective (and the Python
+    tensors it holds, which needs the GIL) after the caller has seen it complete. If the model's DDP reducer, the last
+    owner of the process group, is freed before that (say while an exception unwinds), the group's destructor joins the
+    worker thread while holding the GIL, and both wait forever (seen on a 2-process run that stopped on a NaN loss).
+    """
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        time.sleep(0.2)  # releases the GIL: the worker thread drops the barrier's work
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
