@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -459,9 +460,10 @@ def run_train(args: argparse.Namespace) -> int:
         model, train_set, MambaVLCollator(processor, training=True, seed=args.seed), config,
         eval_dataset=val_set, eval_collate_fn=MambaVLCollator(processor), processor=processor,
     )  # fmt: skip
-    if result.eval_metrics:
-        _print_metrics("last evaluation", result.eval_metrics)
-    print(f"model saved to {result.model_dir}")
+    if os.environ.get("RANK", "0") == "0":  # once, also when several processes train (torchrun, accelerate)
+        if result.eval_metrics:
+            _print_metrics("last evaluation", result.eval_metrics)
+        print(f"model saved to {result.model_dir}")
     return 0
 
 
