@@ -128,6 +128,21 @@ def test_user_errors_print_one_message_without_a_traceback(tmp_path, capsys):
     assert exit.value.code == 2 and "--top-k: expected a positive integer, got '0'" in capsys.readouterr().err
 
 
+def test_train_into_a_live_runs_folder_fails_before_loading_anything(tmp_path, capsys):
+    from mambavl.locking import output_dir_lock
+
+    folder = tmp_path / "run"
+    argv = ["train", "--train-annotations", str(tmp_path / "missing.csv"), "--verb-classes", str(tmp_path / "v.csv"),
+            "--noun-classes", str(tmp_path / "n.csv"), "--video-root", str(tmp_path), "--text-backbone", "x",
+            "--output-dir", str(folder)]  # fmt: skip
+    with output_dir_lock(folder):  # a live run holds the folder: its error comes first, not the missing files'
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "is in use by another training run" in err and f"process {os.getpid()}" in err and "v.csv" not in err, err
+    assert main(argv) == 1  # once released, the run goes on to the files
+    assert "is in use" not in (err := capsys.readouterr().err) and "v.csv" in err, err
+
+
 def test_quick_demo_trains_saves_reloads_and_predicts(quick_demo):
     out, stdout = quick_demo
     lines = stdout.strip().splitlines()

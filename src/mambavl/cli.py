@@ -443,6 +443,11 @@ def run_train(args: argparse.Namespace) -> int:
     from .data import MambaVLCollator
     from .training import TrainingConfig, train
 
+    if Path(args.output_dir).is_dir():  # a live run's folder: say so now, not after loading the model and data
+        from .locking import output_dir_lock
+
+        with output_dir_lock(args.output_dir):  # train() takes the lock for the run itself
+            pass
     set_seed(args.seed)  # first: the fusion, projections and heads are initialised from --seed
     model, processor = _build_model_and_processor(args)
     source = _video_source(args)
