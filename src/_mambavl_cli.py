@@ -18,24 +18,37 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+#: The package's modules that ``mambavl/cli.py`` imports at its top, then ``cli`` itself, in load order. Each imports
+#: only the standard library at its top; a relative import of one that is not loaded here would run the package's
+#: ``__init__`` (torch, transformers), so a module that ``cli.py`` imports at its top must be listed.
+_LIGHT_MODULES = ("streaming_cli", "cli")
+
+
 def _load_cli():
     if "mambavl.cli" in sys.modules:
         return sys.modules["mambavl.cli"]
     package = importlib.util.find_spec("mambavl")  # finds the package without running its __init__
     locations = list(package.submodule_search_locations or []) if package is not None else []
-    if "mambavl" in sys.modules or not locations or not (Path(locations[0]) / "cli.py").is_file():
+    files = [Path(locations[0]) / f"{name}.py" for name in _LIGHT_MODULES] if locations else []
+    if "mambavl" in sys.modules or not files or not all(file.is_file() for file in files):
         import mambavl.cli
 
         return mambavl.cli
-    spec = importlib.util.spec_from_file_location("mambavl.cli", Path(locations[0]) / "cli.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mambavl.cli"] = module
+    loaded = []
     try:
-        spec.loader.exec_module(module)
+        for name, file in zip(_LIGHT_MODULES, files, strict=True):
+            if f"mambavl.{name}" in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(f"mambavl.{name}", file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            loaded.append(spec.name)
+            spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules["mambavl.cli"]
+        for name in loaded:
+            del sys.modules[name]
         raise
-    return module
+    return sys.modules["mambavl.cli"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

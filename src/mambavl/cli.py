@@ -592,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
     for command in COMMANDS:
         command.add_parser(sub)
+        sub.choices[command.name].formatter_class = HelpFormatter  # every command's help shows the defaults
         sub.choices[command.name].set_defaults(func=command.run)
     return parser
 
