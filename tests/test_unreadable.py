@@ -227,5 +227,5 @@ def test_an_unreadable_batch_mid_epoch_is_passed_over_without_repeating_or_loopi
 
     everything_skipped = [None] * len(dataset)  # with max_steps, epochs without a step would go on forever
     config = TrainingConfig(output_dir=tmp_path / "run2", max_steps=3, batch_size=2, progress_bar=False)
-    with pytest.raises(RuntimeError, match="Epoch 0 gave no training step: every segment of every batch was skipped"):
+    with pytest.raises(ValueError, match="Epoch 0 gave no training step: every segment of every batch was skipped"):
         train(model, everything_skipped, MambaVLCollator(processor, training=True), config, processor=processor)

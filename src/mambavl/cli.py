@@ -607,14 +607,16 @@ def _version() -> str:
 
 
 #: Exceptions that mean "the input is wrong", not "MambaVL is broken": shown as one line without a traceback.
-#: (VideoDecodingError is a RuntimeError, caught by name below; ImportError covers a missing optional extra.)
+#: (VideoDecodingError, OutputDirLockedError and NonFiniteLossError (NaN in the data) are RuntimeErrors, caught by
+#: name below; ImportError covers a missing optional extra.)
 _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, OSError, ImportError)
 
 
 def _is_user_error(error: BaseException) -> bool:
     if isinstance(error, _USER_ERRORS):
         return True
-    return any(cls.__name__ in ("VideoDecodingError", "OutputDirLockedError") for cls in type(error).__mro__)
+    user_errors = ("VideoDecodingError", "OutputDirLockedError", "NonFiniteLossError")  # data or setup, not a bug
+    return any(cls.__name__ in user_errors for cls in type(error).__mro__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

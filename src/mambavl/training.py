@@ -612,7 +612,7 @@ def train(
         if (cfg.save_each_epoch and epoch_complete) or not epoch_complete:  # the limit's step is always resumable
             checkpoint()
         if epoch_complete and from_start and state["global_step"] == steps_before and cfg.max_steps is not None:
-            raise RuntimeError(  # max_steps alone would never be reached: every epoch would be the same
+            raise ValueError(  # the data, not a bug: max_steps would never be reached, every epoch being the same
                 f"Epoch {epoch} gave no training step: every segment of every batch was skipped as unreadable. "
                 "Check the videos (EK100SegmentDataset(check_videos='decode') finds the bad ones up front)."
             )
