@@ -141,6 +141,10 @@ class TrainingConfig:
             raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate!r}.")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio!r}.")
+        if not 0 <= self.weight_decay < float("inf"):  # a negative decay pushes the weights away from 0
+            raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}.")
+        if self.max_grad_norm is not None and not 0 < self.max_grad_norm < float("inf"):
+            raise ValueError(f"`max_grad_norm` must be positive or None, got {self.max_grad_norm!r}.")
         if self.lr_scheduler not in ("cosine", "constant"):
             raise ValueError(f"`lr_scheduler` must be 'cosine' or 'constant', got {self.lr_scheduler!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
