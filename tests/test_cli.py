@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -232,6 +233,39 @@ def test_a_non_finite_loss_is_a_user_error_naming_step_and_clips(quick_demo, tmp
     assert re.search(r"mambavl train: error: Non-finite training loss .* at step 1 \(epoch 0\), in the batch with "
                      r"narration_id P", err), err  # fmt: skip
     assert "looks like a bug" not in err and "Traceback" not in err
+
+
+def test_fine_tuning_a_saved_model_on_renamed_classes_follows_the_class_lists(quick_demo, tmp_path, capsys, caplog):
+    from mambavl import MambaVLForActionRecognition, MambaVLProcessor
+
+    out, _ = quick_demo
+    annotations = out / "data" / "annotations"
+    rows = list(csv.DictReader((annotations / "verb_classes.csv").open()))
+    renamed = [f"verb{i}" for i in range(len(rows))]  # another dataset, as many verbs, other names
+    for row, name in zip(rows, renamed, strict=True):
+        row.update(key=name, instances=str([name]))
+    with (tmp_path / "verb_classes.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    argv = [
+        "train", "--model", str(out / "run" / "model"), "--train-annotations", str(annotations / "train.csv"),
+        "--verb-classes", str(tmp_path / "verb_classes.csv"), "--noun-classes", str(annotations / "noun_classes.csv"),
+        "--video-root", str(out / "data" / "videos"), "--batch-size", "4", "--max-steps", "1",
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="mambavl"):
+        assert main(argv) == 0
+    assert "names the model's verb classes otherwise (0: 'take' -> 'verb0'" in caplog.text
+    assert "noun classes otherwise" not in caplog.text
+    capsys.readouterr()
+    saved = tmp_path / "run" / "model"
+    config = MambaVLForActionRecognition.from_pretrained(saved).config
+    assert config.verb_id2label == dict(enumerate(renamed)) and config.verb_label2id["verb3"] == 3
+    processor = MambaVLProcessor.from_pretrained(saved)
+    assert processor.verb_classes == renamed and processor.question_builder.verb_instances["verb1"] == ("verb1",)
+    predicted = main(["predict", "--model", str(saved), str(next((out / "data" / "videos").iterdir())), "--json"])
+    assert predicted == 0 and json.loads(capsys.readouterr().out)[0]["verb"] in renamed
 
 
 def test_train_from_backbones_and_resume(quick_demo, tmp_path):

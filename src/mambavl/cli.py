@@ -214,6 +214,36 @@ def _train_label_space(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
     return classes
 
 
+def _adopt_class_lists(model: Any, processor: Any, verbs: Any, nouns: Any) -> Any:
+    """Fine-tuning a saved model (--model) on class lists that name its classes otherwise: the class lists say what
+    the class ids of the annotations mean, so the training questions, the model's label maps and the saved
+    processor follow them (with a warning), rather than the names the model was saved with."""
+    from . import MambaVLProcessor
+    from .data import class_names, instances_by_key
+
+    names = {"verb": class_names(verbs), "noun": class_names(nouns)}
+    old = {"verb": processor.verb_classes, "noun": processor.noun_classes}
+    if old == names:
+        return processor
+    for kind in ("verb", "noun"):
+        if old[kind] != names[kind]:
+            pairs = enumerate(zip(old[kind] or [], names[kind], strict=False))
+            changed = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in pairs if a != b]
+            logger.warning(
+                "The --%s-classes list names the model's %s classes otherwise (%s%s): the model is fine-tuned, and "
+                "saved, with the names of the list.", kind, kind, ", ".join(changed[:5]) or old[kind],
+                ", ..." if len(changed) > 5 else "",
+            )  # fmt: skip
+        setattr(model.config, f"{kind}_id2label", dict(enumerate(names[kind])))
+        setattr(model.config, f"{kind}_label2id", {name: i for i, name in enumerate(names[kind])})
+    question_config = dict(processor.question_config)
+    question_config.update(verb_instances=instances_by_key(verbs), noun_instances=instances_by_key(nouns))
+    return MambaVLProcessor(
+        processor.video_processor, processor.tokenizer, question_config=question_config, verb_classes=names["verb"],
+        noun_classes=names["noun"], max_question_length=processor.max_question_length,
+    )  # fmt: skip
+
+
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
     print(f"\n{title}")
     for key, value in metrics.items():
@@ -452,6 +482,8 @@ def run_train(args: argparse.Namespace) -> int:
     model, processor = _build_model_and_processor(args)
     source = _video_source(args)
     classes = _train_label_space(args, model)
+    if args.model:
+        processor = _adopt_class_lists(model, processor, *classes)
     train_set = _dataset(args, args.train_annotations, source, True, processor, classes)
     val_set = _dataset(args, args.val_annotations, source, False, processor, classes) if args.val_annotations else None
     config = TrainingConfig(
