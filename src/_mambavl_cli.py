@@ -18,10 +18,11 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-#: The package's modules that ``mambavl/cli.py`` imports at its top, then ``cli`` itself, in load order. Each imports
-#: only the standard library at its top; a relative import of one that is not loaded here would run the package's
-#: ``__init__`` (torch, transformers), so a module that ``cli.py`` imports at its top must be listed.
-_LIGHT_MODULES = ("streaming_cli", "cli")
+#: The package's modules that ``mambavl/cli.py`` imports at its top (and ``locking``, which ``mambavl train`` uses to
+#: refuse a busy output folder at once), then ``cli`` itself, in load order. Each imports only the standard library at
+#: its top; a relative import of one that is not loaded here runs the package's ``__init__`` (torch, transformers),
+#: so a module that ``cli.py`` imports at its top must be listed.
+_LIGHT_MODULES = ("streaming_cli", "locking", "cli")
 
 
 def _load_cli():

@@ -468,16 +468,17 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if Path(args.output_dir).is_dir():  # a live run's folder: say so at once, before torch, the model and the data
+        from .locking import output_dir_lock  # standard library only (the launcher loads it without the package)
+
+        with output_dir_lock(args.output_dir):  # train() takes the lock for the run itself
+            pass
+
     from accelerate.utils import set_seed
 
     from .data import MambaVLCollator
     from .training import TrainingConfig, train
 
-    if Path(args.output_dir).is_dir():  # a live run's folder: say so now, not after loading the model and data
-        from .locking import output_dir_lock
-
-        with output_dir_lock(args.output_dir):  # train() takes the lock for the run itself
-            pass
     set_seed(args.seed)  # first: the fusion, projections and heads are initialised from --seed
     model, processor = _build_model_and_processor(args)
     source = _video_source(args)
