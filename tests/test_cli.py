@@ -117,6 +117,9 @@ def test_user_errors_print_one_message_without_a_traceback(tmp_path, capsys):
         (["train", "--train-annotations", str(bad_csv), "--verb-classes", str(bad_csv), "--noun-classes",
           str(bad_csv), "--video-root", str(tmp_path), "--text-backbone", "x", "--output-dir", str(tmp_path / "r")],
          "bad.csv"),
+        (["train", "--train-annotations", str(bad_csv), "--verb-classes", str(bad_csv), "--noun-classes",
+          str(bad_csv), "--video-root", str(tmp_path / "vidoes"), "--text-backbone", "x", "--output-dir",
+          str(tmp_path / "r")], f"--video-root {tmp_path / 'vidoes'}: no such folder"),
     ]  # fmt: skip
     for argv, named in cases:
         assert main(argv) == 1

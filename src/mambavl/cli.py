@@ -172,6 +172,10 @@ def _model_class(task: str) -> Any:
 def _video_source(args: argparse.Namespace) -> Any:
     from .data import FeatureSource, FrameFolderSource, VideoFileSource
 
+    for option in ("video_root", "frames_root", "features_root"):  # say so now, not at the first batch
+        root = getattr(args, option, None)
+        if root is not None and not Path(root).is_dir():
+            raise ValueError(f"--{option.replace('_', '-')} {root}: no such folder.")
     if args.video_root is not None:
         return VideoFileSource(args.video_root, layout=args.layout, annotation_fps=args.annotation_fps)
     if args.frames_root is not None:
@@ -479,9 +483,9 @@ def run_train(args: argparse.Namespace) -> int:
     from .data import MambaVLCollator
     from .training import TrainingConfig, train
 
+    source = _video_source(args)
     set_seed(args.seed)  # first: the fusion, projections and heads are initialised from --seed
     model, processor = _build_model_and_processor(args)
-    source = _video_source(args)
     classes = _train_label_space(args, model)
     if args.model:
         processor = _adopt_class_lists(model, processor, *classes)
