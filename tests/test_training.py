@@ -156,7 +156,9 @@ def test_collator_refuses_items_with_different_numbers_of_views(synthetic):
 
 
 def test_training_config_validation(tmp_path):
-    for field, value in (("batch_size", 0), ("mixed_precision", "fp8"), ("task", "captioning"), ("warmup_ratio", 1)):
+    bad = [("batch_size", 0), ("mixed_precision", "fp8"), ("task", "captioning"), ("warmup_ratio", 1),
+           ("weight_decay", -0.05), ("weight_decay", float("nan")), ("max_grad_norm", 0.0)]  # fmt: skip
+    for field, value in bad:
         with pytest.raises(ValueError, match=field):
             TrainingConfig(output_dir=tmp_path, **{field: value})
     with pytest.raises(ValueError, match="not a checkpoint"):

@@ -170,3 +170,62 @@ def test_a_batch_of_only_unreadable_segments_is_passed_over(synthetic, tmp_path)
     config = TrainingConfig(output_dir=tmp_path / "run", num_epochs=2, batch_size=len(rows), progress_bar=False)
     result = train(model, dataset, MambaVLCollator(processor, training=True), config, processor=processor)
     assert result.global_step == 0 and result.epochs_completed == 2 and dataset.num_skipped == len(rows)
+
+
+def test_transformers_trainer_passes_over_segments_that_fail_mid_decode(synthetic, tmp_path, caplog):
+    from transformers import Trainer, TrainingArguments
+
+    info, bad = synthetic
+    late = late_segments(info, "train", bad)
+    model, processor = make_run(info)
+    source = VideoFileSource(info.videos_dir, layout="flat")
+    dataset = EK100SegmentDataset(info.load_annotations("train"), source, num_frames=4, on_error="skip")
+    args = TrainingArguments(tmp_path / "trainer", per_device_train_batch_size=4, max_steps=3, report_to=[])
+    collator = MambaVLCollator(processor)
+    trainer = Trainer(model, args, train_dataset=dataset, eval_dataset=dataset, data_collator=collator)
+    with caplog.at_level(logging.WARNING, logger="mambavl"):
+        assert trainer.train().global_step == 3  # the skipped segments' None items are left out of their batch
+        assert np.isfinite(trainer.evaluate()["eval_loss"])
+    assert f"narration_id={late[0]!r}" in caplog.text
+    good = next(item for item in (dataset[i] for i in range(len(dataset))) if item is not None)
+    batch = collator([None, good, None])
+    assert batch["pixel_values"].shape[0] == 1 and batch["verb_labels"].tolist() == [good["verb_class"]]
+    with pytest.raises(ValueError, match=r"Every item of this batch of 2 is None.*check_videos=\"decode\""):
+        collator([None, None])
+
+
+class UnreadableSecondBatch(torch.utils.data.Dataset):
+    """The items of ``dataset``, except that the second batch drawn in each epoch is all unreadable (``None``)."""
+
+    def __init__(self, dataset, batch_size: int):
+        self.dataset, self.batch_size, self.calls = dataset, batch_size, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        call, self.calls = self.calls % len(self), self.calls + 1
+        return None if self.batch_size <= call < 2 * self.batch_size else self.dataset[index]
+
+
+def test_an_unreadable_batch_mid_epoch_is_passed_over_without_repeating_or_looping(synthetic, tmp_path):
+    info, bad = synthetic
+    model, processor = make_run(info)
+    rows = info.load_annotations("train").filter(lambda row: row["video_id"] != bad)
+    dataset = EK100SegmentDataset(rows, VideoFileSource(info.videos_dir, layout="flat"), num_frames=4)
+    batches = len(dataset) // 2
+    assert batches >= 3
+    trained = []
+    model.register_forward_pre_hook(lambda module, args: trained.append(module.training) if module.training else None)
+    data = UnreadableSecondBatch(dataset, batch_size=2)
+    config = TrainingConfig(output_dir=tmp_path / "run", num_epochs=2, batch_size=2, progress_bar=False)
+    result = train(model, data, MambaVLCollator(processor, training=True), config, processor=processor)
+    # each epoch: every batch drawn once, the unreadable one giving no step (the epoch was complete when its
+    # batches were, not when its step count was: that looped forever, or trained batches twice)
+    assert result.epochs_completed == 2 and result.global_step == 2 * (batches - 1) == len(trained)
+    assert data.calls == 2 * len(dataset)
+
+    everything_skipped = [None] * len(dataset)  # with max_steps, epochs without a step would go on forever
+    config = TrainingConfig(output_dir=tmp_path / "run2", max_steps=3, batch_size=2, progress_bar=False)
+    with pytest.raises(ValueError, match="Epoch 0 gave no training step: every segment of every batch was skipped"):
+        train(model, everything_skipped, MambaVLCollator(processor, training=True), config, processor=processor)

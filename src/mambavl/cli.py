@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -180,6 +181,10 @@ def _model_class(task: str) -> Any:
 def _video_source(args: argparse.Namespace) -> Any:
     from .data import FeatureSource, FrameFolderSource, VideoFileSource
 
+    for option in ("video_root", "frames_root", "features_root"):  # say so now, not at the first batch
+        root = getattr(args, option, None)
+        if root is not None and not Path(root).is_dir():
+            raise ValueError(f"--{option.replace('_', '-')} {root}: no such folder.")
     if args.video_root is not None:
         return VideoFileSource(args.video_root, layout=args.layout, annotation_fps=args.annotation_fps)
     if args.frames_root is not None:
@@ -220,6 +225,36 @@ def _train_label_space(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
                 f"--{kind}-classes {path} lists {len(found)} classes, but the model has {expected} {kind} classes."
             )
     return classes
+
+
+def _adopt_class_lists(model: Any, processor: Any, verbs: Any, nouns: Any) -> Any:
+    """Fine-tuning a saved model (--model) on class lists that name its classes otherwise: the class lists say what
+    the class ids of the annotations mean, so the training questions, the model's label maps and the saved
+    processor follow them (with a warning), rather than the names the model was saved with."""
+    from . import MambaVLProcessor
+    from .data import class_names, instances_by_key
+
+    names = {"verb": class_names(verbs), "noun": class_names(nouns)}
+    old = {"verb": processor.verb_classes, "noun": processor.noun_classes}
+    if old == names:
+        return processor
+    for kind in ("verb", "noun"):
+        if old[kind] != names[kind]:
+            pairs = enumerate(zip(old[kind] or [], names[kind], strict=False))
+            changed = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in pairs if a != b]
+            logger.warning(
+                "The --%s-classes list names the model's %s classes otherwise (%s%s): the model is fine-tuned, and "
+                "saved, with the names of the list.", kind, kind, ", ".join(changed[:5]) or old[kind],
+                ", ..." if len(changed) > 5 else "",
+            )  # fmt: skip
+        setattr(model.config, f"{kind}_id2label", dict(enumerate(names[kind])))
+        setattr(model.config, f"{kind}_label2id", {name: i for i, name in enumerate(names[kind])})
+    question_config = dict(processor.question_config)
+    question_config.update(verb_instances=instances_by_key(verbs), noun_instances=instances_by_key(nouns))
+    return MambaVLProcessor(
+        processor.video_processor, processor.tokenizer, question_config=question_config, verb_classes=names["verb"],
+        noun_classes=names["noun"], max_question_length=processor.max_question_length,
+    )  # fmt: skip
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -446,15 +481,21 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if Path(args.output_dir).is_dir():  # a live run's folder: say so at once, before torch, the model and the data
+        with _sibling("locking").output_dir_lock(args.output_dir):  # train() takes the lock for the run itself
+            pass
+
     from accelerate.utils import set_seed
 
     from .data import MambaVLCollator
     from .training import TrainingConfig, train
 
+    source = _video_source(args)
     set_seed(args.seed)  # first: the fusion, projections and heads are initialised from --seed
     model, processor = _build_model_and_processor(args)
-    source = _video_source(args)
     classes = _train_label_space(args, model)
+    if args.model:
+        processor = _adopt_class_lists(model, processor, *classes)
     train_set = _dataset(args, args.train_annotations, source, True, processor, classes)
     val_set = _dataset(args, args.val_annotations, source, False, processor, classes) if args.val_annotations else None
     config = TrainingConfig(
@@ -468,9 +509,10 @@ def run_train(args: argparse.Namespace) -> int:
         model, train_set, MambaVLCollator(processor, training=True, seed=args.seed), config,
         eval_dataset=val_set, eval_collate_fn=MambaVLCollator(processor), processor=processor,
     )  # fmt: skip
-    if result.eval_metrics:
-        _print_metrics("last evaluation", result.eval_metrics)
-    print(f"model saved to {result.model_dir}")
+    if os.environ.get("RANK", "0") == "0":  # once, also when several processes train (torchrun, accelerate)
+        if result.eval_metrics:
+            _print_metrics("last evaluation", result.eval_metrics)
+        print(f"model saved to {result.model_dir}")
     return 0
 
 
@@ -610,14 +652,16 @@ def _version() -> str:
 
 
 #: Exceptions that mean "the input is wrong", not "MambaVL is broken": shown as one line without a traceback.
-#: (VideoDecodingError is a RuntimeError, caught by name below; ImportError covers a missing optional extra.)
+#: (VideoDecodingError, OutputDirLockedError and NonFiniteLossError (NaN in the data) are RuntimeErrors, caught by
+#: name below; ImportError covers a missing optional extra.)
 _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, OSError, ImportError)
 
 
 def _is_user_error(error: BaseException) -> bool:
     if isinstance(error, _USER_ERRORS):
         return True
-    return any(cls.__name__ in ("VideoDecodingError", "OutputDirLockedError") for cls in type(error).__mro__)
+    user_errors = ("VideoDecodingError", "OutputDirLockedError", "NonFiniteLossError")  # data or setup, not a bug
+    return any(cls.__name__ in user_errors for cls in type(error).__mro__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -357,14 +357,16 @@ class MambaVLConfig(PretrainedConfig):
 
 
 # Keyword arguments that transformers itself passes through (or once wrote into) configs: attributes of
-# PretrainedConfig, generation parameters popped by it, and keys of older config.json files.
+# PretrainedConfig, generation parameters popped by it, keys of older config.json files, and the auto_map that
+# every saved MambaVL folder carries (mambavl.hub).
 _TRANSFORMERS_KWARGS = frozenset(
     {
         "attn_implementation", "experts_implementation", "rope_theta", "rope_parameters", "torchscript",
         "use_bfloat16", "pruned_heads", "tie_word_embeddings", "is_decoder", "add_cross_attention",
         "cross_attention_hidden_size", "tie_encoder_decoder", "finetuning_task", "tokenizer_class", "prefix",
         "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
-        "task_specific_params", "tf_legacy_loss", "gradient_checkpointing", "use_cache",
+        "task_specific_params", "tf_legacy_loss", "gradient_checkpointing", "use_cache", "auto_map",
+        "custom_pipelines",
     }
 )  # fmt: skip
 _warned_kwargs: set[tuple[str, str]] = set()

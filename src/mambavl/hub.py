@@ -138,6 +138,8 @@ def _backbones(config: Any) -> dict[str, str | None]:
             out[key] = None
             continue
         source = getattr(sub, "_name_or_path", "") or ""
+        if source and not _hub_id(source):  # a local folder: its name only, the card must not publish the user's paths
+            source = f"local folder {Path(source).name}"
         out[key] = f"{sub.model_type} ({source})" if source else sub.model_type
     return out
 

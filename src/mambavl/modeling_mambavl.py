@@ -311,12 +311,19 @@ class MambaVLPreTrainedModel(MambaVLHubMixin, PreTrainedModel):
             )
         """
 
-        def load(source: str | os.PathLike | PreTrainedModel | None) -> PreTrainedModel | None:
+        def load(argument: str, source: str | os.PathLike | PreTrainedModel | None) -> PreTrainedModel | None:
             if source is None or isinstance(source, PreTrainedModel):
                 return source
-            return AutoModel.from_pretrained(source, **(backbone_kwargs or {}))
+            try:
+                return AutoModel.from_pretrained(source, **(backbone_kwargs or {}))
+            except (OSError, ValueError) as error:  # transformers' message does not say which backbone it was
+                where = "a local folder without a usable model" if os.path.isdir(source) else "not a local folder"
+                raise (OSError if isinstance(error, OSError) else ValueError)(
+                    f"from_pretrained_backbones({argument}={os.fspath(source)!r}), {where}: cannot load a "
+                    f"transformers model from it (a local folder with a config.json, or a Hub model id): {error}"
+                ) from error
 
-        video_model, text_model = load(video), load(text)
+        video_model, text_model = load("video", video), load("text", text)
         if text_model is None and "text_config" not in config_kwargs:
             raise ValueError(
                 "from_pretrained_backbones needs `text` (a text model path/id or model) or `text_config`."

@@ -141,6 +141,10 @@ class TrainingConfig:
             raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate!r}.")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio!r}.")
+        if not 0 <= self.weight_decay < float("inf"):  # a negative decay pushes the weights away from 0
+            raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}.")
+        if self.max_grad_norm is not None and not 0 < self.max_grad_norm < float("inf"):
+            raise ValueError(f"`max_grad_norm` must be positive or None, got {self.max_grad_norm!r}.")
         if self.lr_scheduler not in ("cosine", "constant"):
             raise ValueError(f"`lr_scheduler` must be 'cosine' or 'constant', got {self.lr_scheduler!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -531,17 +535,19 @@ def train(
     pending: list[torch.Tensor] = []  # this optimizer step's loss statistics (_loss_stats), still on the device
     pending_ids: list[list[str]] = []  # and the narration ids of its batches
     model.train()
-    while state["global_step"] < total_steps:
-        epoch = state["epoch"]
+    # Where the run is in its epoch, in batches drawn from the loader: optimizer steps undercount it when a batch
+    # whose every segment was skipped as unreadable gives no step (checkpoints before this key: steps x accumulation).
+    state.setdefault("batch_in_epoch", state["step_in_epoch"] * cfg.gradient_accumulation_steps)
+    while state["global_step"] < total_steps and (cfg.max_steps is not None or state["epoch"] < cfg.num_epochs):
+        epoch, steps_before, from_start = state["epoch"], state["global_step"], state["batch_in_epoch"] == 0
         # The prepared loader re-seeds its sampler with its own iteration count when iterated, so the epoch goes
         # through it (a resumed run's loader, and the loader that skips the batches already seen, start at 0).
         _set_epoch(epoch, train_loader, train_dataset, collate_fn)
         loader: Iterable[Any] = train_loader
-        if state["step_in_epoch"]:
-            loader = accelerator.skip_first_batches(
-                train_loader, state["step_in_epoch"] * cfg.gradient_accumulation_steps
-            )
+        if state["batch_in_epoch"]:
+            loader = accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])
         for batch in loader:
+            state["batch_in_epoch"] += 1
             if _every_segment_skipped(batch, accelerator):
                 continue
             with accelerator.accumulate(model):
@@ -589,10 +595,10 @@ def train(
                 break
         # The step limit may end the run mid-epoch: that epoch is not complete, and a resumed run (with a higher
         # limit) goes on with its remaining batches.
-        epoch_complete = state["step_in_epoch"] >= steps_per_epoch
+        epoch_complete = state["batch_in_epoch"] >= len(train_loader)
         if epoch_complete:
             state["epoch"] += 1
-            state["step_in_epoch"] = 0
+            state["step_in_epoch"] = state["batch_in_epoch"] = 0
         if eval_dataset is not None and cfg.eval_each_epoch:
             eval_metrics = evaluate(
                 model, eval_dataset, eval_collate_fn or collate_fn, batch_size=cfg.eval_batch_size or cfg.batch_size,
@@ -609,6 +615,11 @@ def train(
                 logger.info("epoch %d: %s", epoch, _format_metrics(eval_metrics))
         if (cfg.save_each_epoch and epoch_complete) or not epoch_complete:  # the limit's step is always resumable
             checkpoint()
+        if epoch_complete and from_start and state["global_step"] == steps_before and cfg.max_steps is not None:
+            raise ValueError(  # the data, not a bug: max_steps would never be reached, every epoch being the same
+                f"Epoch {epoch} gave no training step: every segment of every batch was skipped as unreadable. "
+                "Check the videos (EK100SegmentDataset(check_videos='decode') finds the bad ones up front)."
+            )
     bar.close()
     _log_skipped(accelerator, train=train_dataset, evaluation=eval_dataset)
 

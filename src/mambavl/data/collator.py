@@ -24,7 +24,9 @@ class MambaVLCollator:
     and ``narration_id``. Training batches get action-aware masked questions and random crops; evaluation batches
     label-free questions and center crops. Each clip's randomness is seeded by ``(seed, epoch, narration id, view)``,
     so a clip is prepared the same whenever it is prepared again, whatever its batch mates: what exact resumption of
-    a training run, and a batch split across processes, need.
+    a training run, and a batch split across processes, need. ``None`` items (segments that
+    ``EK100SegmentDataset(on_error="skip")`` skipped as unreadable) are left out of the batch, so that
+    ``transformers.Trainer`` passes over them too.
 
     With several views the model inputs have ``B * V`` rows (views of a clip adjacent), the labels ``B`` rows, and
     the batch has ``num_views = V``; :func:`mambavl.training.evaluate` averages the views' logits.
@@ -61,9 +63,17 @@ class MambaVLCollator:
         digest = hashlib.sha256(f"{self.seed}|{self.epoch}|{key}|{view}".encode()).digest()
         return int.from_bytes(digest[:8], "little") % (2**63)
 
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
         if not items:
             raise ValueError("Cannot collate an empty list of items.")
+        kept = [item for item in items if item is not None]  # segments skipped as unreadable (on_error="skip")
+        if not kept:
+            raise ValueError(
+                f"Every item of this batch of {len(items)} is None: each segment was skipped as unreadable "
+                '(EK100SegmentDataset(on_error="skip")). mambavl.training.train passes over such a batch; other '
+                'loops (transformers.Trainer) cannot: find the bad files up front with check_videos="decode".'
+            )
+        items = kept
         field = "frames" if "frames" in items[0] else "video_features" if "video_features" in items[0] else None
         if field is None or any(field not in item for item in items):
             raise ValueError(
