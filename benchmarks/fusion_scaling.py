@@ -136,6 +136,28 @@ def predict_seconds(history: list[tuple[int, float]], tokens: int, fusion: str) 
     return ms1 / 1e3 * (tokens / t1) ** exponent
 
 
+def load_clean_rows(path: Path, args: argparse.Namespace) -> dict[tuple[str, int], dict[str, Any]]:
+    """``--resume``: the uncontended, measured rows of an earlier run's CSV with this run's setting (device, width,
+    question tokens and, when given, threads), keyed by ``(fusion, tokens)``; rows without a ``measured_at`` get the
+    file's time."""
+    if not path.is_file():
+        return {}
+    written = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
+    clean = {}
+    for row in harness.read_csv(path):
+        setting = (row["device"], row["hidden_size"], row["question_tokens"])
+        if row["status"] != "ok" or setting != (args.device, args.hidden_size, args.question_tokens):
+            continue
+        if args.threads is not None and row.get("threads") != args.threads:
+            continue
+        if not args.device.startswith("cuda") and harness.contended(row, row.get("threads") or 1):
+            continue
+        clean[(row["fusion"], row["video_tokens"])] = {
+            **row, "reused": "yes", "measured_at": row.get("measured_at") or f"before {written} (file time)",
+        }  # fmt: skip
+    return clean
+
+
 def measure_all(args: argparse.Namespace, kernels: str, reuse: dict) -> list[dict[str, Any]]:
     """Every case in order of size (both fusions per size), skipping those predicted too long."""
     rows, history, started = [], {f: [] for f in FUSIONS}, time.monotonic()
@@ -347,12 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         load_before = os.getloadavg()[0]
         kernels = attention_kernels(args.device, args.hidden_size)
-        reuse = {}
-        if args.resume and csv_path.is_file():
-            reuse = {(r["fusion"], r["video_tokens"]): {**r, "reused": "yes"} for r in harness.read_csv(csv_path)
-                     if r["status"] == "ok" and (r["hidden_size"], r["question_tokens"], r["device"])
-                     == (args.hidden_size, args.question_tokens, args.device)}  # fmt: skip
-        rows = measure_all(args, kernels, reuse)
+        rows = measure_all(args, kernels, load_clean_rows(csv_path, args) if args.resume else {})
         load_note = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after this invocation"
     text, checks = report(rows, args, kernels, load_note)
     harness.write_results(args.output_dir, stem.name, markdown=text, csv_rows=rows, csv_fields=CSV_FIELDS)

@@ -228,9 +228,15 @@ def _counted_scan_op() -> Any:
 
 
 def _counted_selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, backend="auto"
-):
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, backend="auto",
+    initial_state=None,
+):  # fmt: skip
     """Drop-in for :func:`mambavl.ops.selective_scan` that runs as one counted operator (forward only)."""
+    if initial_state is not None:
+        raise ValueError(
+            "count_flops counts whole-clip forwards: a scan continued from `initial_state` (a streaming step with a "
+            "cache) is not supported; count the model without `cache_params`."
+        )
     out, last_state = _counted_scan_op()(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), backend)
     return (out, last_state) if return_last_state else out
 
