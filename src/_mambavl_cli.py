@@ -10,37 +10,46 @@ normal import.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
-__all__ = ["main"]
+__all__ = ["light_module", "main"]
 
 
-def _load_cli():
-    if "mambavl.cli" in sys.modules:
-        return sys.modules["mambavl.cli"]
+def light_module(name: str) -> ModuleType:
+    """The module ``mambavl.<name>``, loaded from its file without running the package's ``__init__`` while the package
+    is not imported yet (a plain import otherwise).
+
+    Such a module imports only the standard library at its top; its functions' relative imports import the package
+    (and torch) when a command runs. ``mambavl/cli.py`` loads its light siblings (``streaming_cli``, ``locking``) the
+    same way.
+    """
+    full_name = f"mambavl.{name}"
+    if full_name in sys.modules:
+        return sys.modules[full_name]
     package = importlib.util.find_spec("mambavl")  # finds the package without running its __init__
     locations = list(package.submodule_search_locations or []) if package is not None else []
-    if "mambavl" in sys.modules or not locations or not (Path(locations[0]) / "cli.py").is_file():
-        import mambavl.cli
-
-        return mambavl.cli
-    spec = importlib.util.spec_from_file_location("mambavl.cli", Path(locations[0]) / "cli.py")
+    file = Path(locations[0]) / f"{name}.py" if locations else None
+    if "mambavl" in sys.modules or file is None or not file.is_file():
+        return importlib.import_module(full_name)
+    spec = importlib.util.spec_from_file_location(full_name, file)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["mambavl.cli"] = module
+    sys.modules[full_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules["mambavl.cli"]
+        del sys.modules[full_name]
         raise
     return module
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mambavl`` console script (see :func:`mambavl.cli.main`)."""
-    return _load_cli().main(argv)
+    return light_module("cli").main(argv)
 
 
 if __name__ == "__main__":

@@ -24,27 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from _mambavl_cli import light_module as _sibling  # standard library only: see there
+
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
-
-
-def _sibling(name: str) -> Any:
-    """The module ``mambavl.<name>``, without importing the ``mambavl`` package when it is not imported yet.
-
-    The console script loads this file on its own, so that ``--help`` imports no torch; a relative import here would
-    import the package (and torch) first. A module loaded this way imports only the standard library at its top, like
-    this one, and its functions' own relative imports import the package when a command runs.
-    """
-    import importlib
-    import importlib.util
-
-    full_name = f"mambavl.{name}"
-    if full_name in sys.modules or "mambavl" in sys.modules:
-        return importlib.import_module(full_name)
-    spec = importlib.util.spec_from_file_location(full_name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[full_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 #: The streaming commands (`stream`, `evaluate --task online`, `demo --task streaming`): parsers, run functions.
