@@ -43,7 +43,13 @@ Memory
         the start. ``peak.mib()`` can be read inside the block, and counts everything since the start.
     ``peak_mib(fn, device="cpu") -> float``: the peak of one call of ``fn``, after a garbage collection.
 
+Command line
+    ``parser(doc, quick_help, **defaults) -> argparse.ArgumentParser``: ``--quick``, ``--output-dir`` (default
+        ``RESULTS``), a hidden ``--worker``, and the shared options named in ``defaults`` (``repeats``, ``threads``,
+        ``case_budget``, ``wait_quiet``, ``processes``, ``retries``) with those defaults.
+
 Machine and command
+    ``describe(info) -> str``: one line naming the CPU (or GPU), the versions and the threads of ``info``.
     ``machine_info(device="cpu") -> dict``: cpu, logical_cpus, platform, python, torch, transformers, torch_threads,
         malloc_env, and on CUDA device_name, torch_cuda, cudnn, gpu_memory_gib.
     ``command_line() -> str``: ``python <script> <arguments>`` of this process, relative to the working folder.
@@ -58,6 +64,7 @@ Results
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gc
 import json
@@ -74,6 +81,8 @@ from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
+#: The default folder of the result files.
+RESULTS = Path(__file__).resolve().parent / "results"
 #: A CPU timing that got less than this fraction of its threads' CPU time per wall second was contended.
 CONTENDED_FRACTION = 0.85
 
@@ -333,10 +342,46 @@ def machine_info(device: Any = "cpu") -> dict[str, Any]:
     return info
 
 
+def describe(info: dict[str, Any]) -> str:
+    """One line from :func:`machine_info`: the CPU or GPU, the versions, the torch threads."""
+    where = info.get("device_name") or f"{info['cpu']} ({info['logical_cpus']} logical CPUs)"
+    cuda = f" (CUDA {info['torch_cuda']})" if info.get("torch_cuda") else ""
+    return (f"{where}, torch {info['torch']}{cuda}, transformers {info['transformers']}, Python {info['python']}, "
+            f"{info['torch_threads']} torch threads")  # fmt: skip
+
+
 def command_line() -> str:
     """``python <script> <arguments>`` of this process, the script relative to the working folder."""
     script = os.path.relpath(sys.argv[0], Path.cwd()) if sys.argv and sys.argv[0] else "python"
     return "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------------
+
+#: The options scripts share: name -> (type, help). Their defaults are the script's.
+SHARED_OPTIONS: dict[str, tuple[type, str]] = {
+    "repeats": (int, "timed samples per case, after one warm-up call"),
+    "threads": (int, "torch CPU threads (0: torch's default)"),
+    "case_budget": (float, "seconds of timed samples per case"),
+    "wait_quiet": (float, "seconds to wait for a quiet machine before a case"),
+    "processes": (int, "fresh processes per case"),
+    "retries": (int, "times a contended case is measured again"),
+}
+
+
+def parser(doc: str, quick_help: str, **defaults: Any) -> argparse.ArgumentParser:
+    """A script's parser: ``--quick``, ``--output-dir``, ``--worker`` and the shared options named in ``defaults``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--output-dir", type=Path, default=RESULTS, help="folder of the results (default: %(default)s)")
+    for name, default in defaults.items():
+        kind, text = SHARED_OPTIONS[name]
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # a case as JSON: measure it here (see run_worker)
+    return p
 
 
 # ---------------------------------------------------------------------------------------------------------------
