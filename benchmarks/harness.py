@@ -1,65 +1,16 @@
 """The measurement harness of ``benchmarks/``: timing, fresh processes, quiet machines, memory, the machine, results.
 
 Every benchmark script reads as *build the cases, time them with this module, write the table*; none re-implements
-what is here. Import it from a script in ``benchmarks/`` (or below) with::
+what is here. Import it from a script in ``benchmarks/`` (``.parents[1]`` from ``benchmarks/gpu/``) with::
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # ``.parent.parent`` from benchmarks/gpu/
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import harness
 
-Stable API (other scripts, e.g. ``benchmarks/streaming.py``, rely on these names and signatures):
-
-Timing
-    ``time_call(fn, *, repeats=7, budget_s=60.0, min_sample_ms=0.0, device="cpu") -> dict``
-        One warm-up call, then up to ``repeats`` timed samples, each averaging ``calls_per_sample`` calls so that a
-        sample lasts at least ``min_sample_ms`` (sized by a second, untimed call); fewer samples when they would
-        pass ``budget_s``. A warm-up longer than a quarter of ``budget_s`` is kept as a sample (a long case then
-        costs one or two calls). CUDA devices are timed with CUDA events after a synchronize. Returns
-        ``{"median_ms", "min_ms", "times_ms", "samples", "calls_per_sample", "first_call_ms", "faults_per_call",
-        "cpu_per_wall"}``: on CPU the median minor page faults of one call and the CPU seconds the process got per
-        wall second while timing (about the thread count on a quiet machine; ``None`` on CUDA).
-    ``contended(timing, threads) -> bool``: a CPU timing got less than ``CONTENDED_FRACTION`` of ``threads`` cores.
-
-Fresh processes (each case in its own process: allocator state and memory high-water marks do not leak)
-    ``run_worker(script, case, env=None) -> dict``: runs ``python script --worker '<case as JSON>'`` and returns the
-        JSON object its last ``{``-line of stdout holds; ``RuntimeError`` with the end of stderr when it fails.
-        The script answers with ``print_result(measure(json.loads(args.worker)))``.
-    ``print_result(result) -> None``: the worker's side: one JSON line on stdout.
-    ``run_quietly(measure, *, wait_quiet_s=0.0, retries=0, is_contended=None) -> dict``: ``measure()`` after waiting
-        for a quiet machine, again (at most ``retries`` times) while ``is_contended(result)``; the last attempt is
-        kept, with ``attempts`` and ``waited_for_quiet_s`` added.
-    ``in_rounds(cases, measure, *, processes=1, **quiet) -> dict[case, list[dict]]``: ``processes`` rounds over all
-        ``cases`` (so every case sees the machine in the same states), each through ``run_quietly``.
-    ``merge_runs(runs, key="median_ms") -> dict``: one result from the runs of a case in several processes: the
-        median of their ``key``, the min of their ``min_*``, ``process_medians`` listed, ``contended`` if any was.
-
-Quiet machine
-    ``wait_for_quiet(max_wait_s) -> float``: wait (at most ``max_wait_s``) until no other task is running (from
-        ``/proc/loadavg``); returns the seconds waited.
-
-Memory
-    ``PeakMemory(device="cpu")``: ``with PeakMemory() as peak: ...; peak.mib()``: the peak over the start. CPU: the
-        resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``; ``ru_maxrss`` where that
-        is not possible) minus the RSS at the start; CUDA: ``max_memory_allocated`` minus the allocated memory at
-        the start. ``peak.mib()`` can be read inside the block, and counts everything since the start.
-    ``peak_mib(fn, device="cpu") -> float``: the peak of one call of ``fn``, after a garbage collection.
-
-Command line
-    ``parser(doc, quick_help, **defaults) -> argparse.ArgumentParser``: ``--quick``, ``--output-dir`` (default
-        ``RESULTS``), a hidden ``--worker``, and the shared options named in ``defaults`` (``repeats``, ``threads``,
-        ``case_budget``, ``wait_quiet``, ``processes``, ``retries``) with those defaults.
-
-Machine and command
-    ``describe(info) -> str``: one line naming the CPU (or GPU), the versions and the threads of ``info``.
-    ``machine_info(device="cpu") -> dict``: cpu, logical_cpus, platform, python, torch, transformers, torch_threads,
-        malloc_env, and on CUDA device_name, torch_cuda, cudnn, gpu_memory_gib.
-    ``command_line() -> str``: ``python <script> <arguments>`` of this process, relative to the working folder.
-
-Results
-    ``markdown_table(header, rows) -> str``: a Markdown table, first column left-aligned, the others right-aligned.
-    ``fmt(value, spec="{:,.1f}") -> str``: a number formatted, ``"-"`` for ``None``.
-    ``write_results(out_dir, stem, *, payload=None, markdown=None, csv_rows=None, csv_fields=None) -> list[Path]``:
-        ``stem.json`` (non-finite floats as strings), ``stem.md`` and ``stem.csv`` (floats with 3 decimals), as given.
-    ``read_csv(path) -> list[dict]``: rows of a CSV, numbers parsed (empty cells: ``None``).
+Timing: :func:`time_call`, :func:`contended`. Fresh processes (allocator state and memory high-water marks do not
+leak between cases): :func:`run_worker` / :func:`print_result`, :func:`run_quietly`, :func:`in_rounds`,
+:func:`merge_runs`, :func:`wait_for_quiet`. Memory: :class:`PeakMemory`, :func:`peak_mib`. Command line and machine:
+:func:`parser`, :func:`machine_info`, :func:`describe`, :func:`command_line`. Results: :func:`markdown_table`,
+:func:`fmt`, :func:`write_results`, :func:`read_csv`. Scripts rely on these names and signatures.
 """
 
 from __future__ import annotations
@@ -87,9 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CONTENDED_FRACTION = 0.85
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# timing
-# ---------------------------------------------------------------------------------------------------------------
+# --- timing ----------------------------------------------------------------------------------------------------------
 
 
 def _sample(fn: Callable[[], Any], k: int, cuda: bool) -> tuple[float, float, float, float]:
@@ -117,7 +66,15 @@ def _sample(fn: Callable[[], Any], k: int, cuda: bool) -> tuple[float, float, fl
 def time_call(
     fn: Callable[[], Any], *, repeats: int = 7, budget_s: float = 60.0, min_sample_ms: float = 0.0, device: Any = "cpu"
 ) -> dict[str, Any]:
-    """Median time of ``fn`` in ms after one warm-up call (see the module docstring for the rules and the keys)."""
+    """Time ``fn``: one warm-up call, then up to ``repeats`` samples within ``budget_s``; returns the figures.
+
+    Each sample averages ``calls_per_sample`` calls so that it lasts at least ``min_sample_ms`` (sized by a second,
+    untimed call). A warm-up longer than a quarter of ``budget_s`` is kept as a sample (a long case then costs one or
+    two calls). CUDA devices are timed with CUDA events after a synchronize. Returns ``median_ms``, ``min_ms``,
+    ``times_ms``, ``samples``, ``calls_per_sample``, ``first_call_ms`` and, on CPU (``None`` on CUDA), the median
+    minor page faults of one call ``faults_per_call`` and ``cpu_per_wall``, the CPU seconds the process got per wall
+    second (about the thread count on a quiet machine).
+    """
     cuda = str(device).startswith("cuda")
     first = _sample(fn, 1, cuda)
     budget_ms = budget_s * 1e3
@@ -147,13 +104,15 @@ def contended(timing: dict[str, Any], threads: int) -> bool:
     return share is not None and share < CONTENDED_FRACTION * threads
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# fresh processes and quiet machines
-# ---------------------------------------------------------------------------------------------------------------
+# --- fresh processes and quiet machines ------------------------------------------------------------------------------
 
 
 def run_worker(script: str | Path, case: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Measure ``case`` in a fresh ``python script --worker '<case as JSON>'``; returns its JSON result."""
+    """Measure ``case`` in a fresh ``python script --worker '<case as JSON>'``; returns its JSON result.
+
+    The script answers with ``print_result(measure(json.loads(args.worker)))``; the last ``{``-line of its stdout is
+    the result. A failure raises ``RuntimeError`` with the end of its stderr.
+    """
     command = [sys.executable, str(script), "--worker", json.dumps(case)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -196,7 +155,10 @@ def run_quietly(
     retries: int = 0,
     is_contended: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
-    """``measure()`` on a quiet machine, again while ``is_contended(result)`` (at most ``retries`` times)."""
+    """``measure()`` on a quiet machine, again while ``is_contended(result)`` (at most ``retries`` times).
+
+    The last attempt is kept, with ``attempts`` and ``waited_for_quiet_s`` added.
+    """
     waited = 0.0
     for attempt in range(1, retries + 2):
         waited += wait_for_quiet(wait_quiet_s)
@@ -210,7 +172,7 @@ def run_quietly(
 def in_rounds(
     cases: Iterable[Hashable], measure: Callable[[Any], dict[str, Any]], *, processes: int = 1, **quiet: Any
 ) -> dict[Any, list[dict[str, Any]]]:
-    """``processes`` rounds over ``cases``, each case measured by ``measure(case)`` through :func:`run_quietly`."""
+    """``processes`` rounds over all ``cases`` (each sees the machine in the same states) via :func:`run_quietly`."""
     cases = list(cases)
     runs: dict[Any, list[dict[str, Any]]] = {case: [] for case in cases}
     for round_ in range(processes):
@@ -221,7 +183,10 @@ def in_rounds(
 
 
 def merge_runs(runs: list[dict[str, Any]], key: str = "median_ms") -> dict[str, Any]:
-    """One result from a case's runs in several processes: median of the ``key`` values, min of every ``min_*``."""
+    """One result from a case's runs in several processes: median of the ``key`` values, min of every ``min_*``.
+
+    Also ``process_medians`` (the runs' ``key``), the median of every ``peak*``, ``contended`` if any run was.
+    """
     merged = dict(runs[0])
     merged[key] = statistics.median(r[key] for r in runs)
     merged["process_medians"] = [r[key] for r in runs]
@@ -236,9 +201,7 @@ def merge_runs(runs: list[dict[str, Any]], key: str = "median_ms") -> dict[str, 
     return merged
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# memory
-# ---------------------------------------------------------------------------------------------------------------
+# --- memory ----------------------------------------------------------------------------------------------------------
 
 
 def _proc_kib(field: str) -> int | None:
@@ -250,7 +213,12 @@ def _proc_kib(field: str) -> int | None:
 
 
 class PeakMemory:
-    """Peak memory above the start of a ``with`` block (MiB from :meth:`mib`; see the module docstring)."""
+    """``with PeakMemory() as peak: ...; peak.mib()``: the peak memory since the block's start, in MiB.
+
+    CPU: the resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``; ``ru_maxrss`` where
+    that is not possible) minus the RSS at the start. CUDA: ``max_memory_allocated`` minus the memory allocated at
+    the start. :meth:`mib` may be read inside the block.
+    """
 
     def __init__(self, device: Any = "cpu"):
         self.cuda = str(device).startswith("cuda")
@@ -306,13 +274,12 @@ def peak_mib(fn: Callable[[], Any], device: Any = "cpu") -> float:
     return peak.mib()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the machine
-# ---------------------------------------------------------------------------------------------------------------
+# --- the machine -----------------------------------------------------------------------------------------------------
 
 
 def machine_info(device: Any = "cpu") -> dict[str, Any]:
-    """What the numbers were measured on (see the module docstring for the keys)."""
+    """What the numbers were measured on: cpu, logical_cpus, platform, python, torch, transformers, torch_threads,
+    malloc_env, and on CUDA device_name, torch_cuda, cudnn, gpu_memory_gib."""
     import torch
 
     try:
@@ -356,9 +323,7 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------------------------
+# --- command line ----------------------------------------------------------------------------------------------------
 
 #: The options scripts share: name -> (type, help). Their defaults are the script's.
 SHARED_OPTIONS: dict[str, tuple[type, str]] = {
@@ -384,9 +349,7 @@ def parser(doc: str, quick_help: str, **defaults: Any) -> argparse.ArgumentParse
     return p
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# results
-# ---------------------------------------------------------------------------------------------------------------
+# --- results ---------------------------------------------------------------------------------------------------------
 
 
 def fmt(value: Any, spec: str = "{:,.1f}") -> str:
