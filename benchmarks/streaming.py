@@ -3,20 +3,15 @@
 Targets (issue 15): (a) the cached step's time within 1.3x from 1k to 1M tokens of history, with flat memory; at 64k
 tokens of history (b) recomputing the Mamba fusion at least 100x slower than (a), (c) the transformer at least 1,000x.
 
-For each history length ``H``, the time and peak memory of taking in 8 new video tokens and producing the verb / noun
-features (16-token verb and noun questions, batch 1, float32, no gradients; only the fusion modules of
-``build_fusion`` at width ``--hidden-size``):
+For each history length ``H``, the time and peak memory of one step of 8 new video tokens to the verb / noun features
+(16-token questions, batch 1, float32, no gradients; the fusion modules alone, at width ``--hidden-size``):
 
-* **(a) cached Mamba step**: ``MambaFusion(new 8 tokens, cache_params=cache)``, the cache having seen ``H`` tokens
-  (one cache primed in chunks of 4,096 up to each length in turn, a copy kept at each);
+* **(a) cached Mamba step**: ``MambaFusion(new 8 tokens, cache_params=cache)``, the cache having seen ``H`` tokens;
 * **(b) Mamba recompute**: the Mamba fusion over all ``H + 8`` tokens (what a clip model does at every step);
 * **(c) transformer recompute**: a 6x4 transformer fusion over all ``H + 8`` tokens, and **(c, window)** over the
-  last 16k tokens once the history is longer (the usual way to bound a transformer's cost).
+  last ``--window`` tokens once the history is longer (the usual way to bound a transformer's cost).
 
-(a) is timed last, in ``--repeats`` rounds over all lengths (a sample: steps for at least 200 ms), so that a busy
-machine slows every length alike: the median and the fastest sample. (b) and (c) are the median of at most 3 calls,
-skipped when the previous length predicts more than ``--case-budget`` seconds (linear growth for (b), quadratic for
-(c)) or ``--max-memory-gib``. Peak memory: ``harness.peak_mib`` of one call, after glibc's ``malloc_trim``.
+A recompute predicted (from the previous length) to pass ``--case-budget`` seconds or ``--max-memory-gib`` is skipped.
 
     python benchmarks/streaming.py --threads 1 --case-budget 60   # the committed CPU table: 1k..1M, width 768
     python benchmarks/streaming.py --device cuda                   # writes streaming_cuda.*
@@ -73,21 +68,20 @@ def build(args: argparse.Namespace, fusion_type: str) -> torch.nn.Module:
     return build_fusion(config).to(args.device).eval()
 
 
-def release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that a call's resident-set peak counts what it
-    allocates instead of reusing pages an earlier case left resident. No-op elsewhere."""
+def peak_mib(fn, device: str) -> float:
+    """``harness.peak_mib`` after giving freed heap memory back to the OS (glibc's ``malloc_trim``; no-op elsewhere),
+    so that the resident-set peak counts what ``fn`` allocates instead of reusing pages an earlier case left."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return harness.peak_mib(fn, device=device)
 
 
 def recompute(fn, args: argparse.Namespace) -> tuple[float, float, bool]:
     """(median ms, peak MiB, contended) of a recompute case: at most 3 calls, on a quiet machine if one comes."""
     harness.wait_for_quiet(args.wait_quiet)
     timing = harness.time_call(fn, repeats=3, budget_s=args.case_budget, device=args.device)
-    release_free_memory()
-    peak = harness.peak_mib(fn, device=args.device)
-    return timing["median_ms"], peak, harness.contended(timing, torch.get_num_threads())
+    return timing["median_ms"], peak_mib(fn, args.device), harness.contended(timing, torch.get_num_threads())
 
 
 def recompute_row(history: int, last: dict[str, Any], args: argparse.Namespace, modules, verb, noun) -> dict:
@@ -106,12 +100,11 @@ def recompute_row(history: int, last: dict[str, Any], args: argparse.Namespace, 
         note += [f"{key} contended"] if busy else []
         row.update({f"{key}_ms": ms, f"{key}_mib": mib})
         last[key] = (history, ms, mib)
-    del video
+    del video  # freed before the window's case
     if history + NEW_TOKENS > args.window:
         if "window" not in last:  # the same for every longer history: measured once
             window = torch.randn(1, args.window, args.hidden_size, device=args.device)
             last["window"] = recompute(lambda: modules[1](window, verb, noun), args)[:2]
-            del window
         row["c_window_ms"], row["c_window_mib"] = last["window"]
     print(f"history {history:>9,}: (b) {harness.fmt(row.get('b_ms'))} ms  (c) {harness.fmt(row.get('c_ms'))} ms  "
           f"{'; '.join(note)}", file=sys.stderr)  # fmt: skip
@@ -136,7 +129,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             snapshot = copy.deepcopy(cache)  # the stream's state at this history, for (a)
             steps.append(lambda c=snapshot: mamba(new, None, None, cache_params=c))
             rows.append(recompute_row(history, last, args, (mamba, transformer), verb, noun))
-        # (a) in rounds over every history, each round one sample (many steps) per length
+        # (a) last, in rounds over every history (a sample: steps for at least 200 ms), so that a busy machine slows
+        # every length alike; the table gives the median and the fastest sample
         samples, busy = [[] for _ in rows], [False] * len(rows)
         for _ in range(args.repeats):
             for i, step in enumerate(steps):
@@ -144,8 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 samples[i].append(timing["median_ms"])
                 busy[i] |= harness.contended(timing, torch.get_num_threads())
         for row, step, times, contended in zip(rows, steps, samples, busy, strict=True):
-            release_free_memory()
-            row.update(a_ms=statistics.median(times), a_min_ms=min(times), a_mib=harness.peak_mib(step, device=dev))
+            row.update(a_ms=statistics.median(times), a_min_ms=min(times), a_mib=peak_mib(step, dev))
             for key in ("b", "c", "c_window"):
                 if row.get(f"{key}_ms") is not None:
                     row[f"{key}_over_a"] = row[f"{key}_ms"] / row["a_ms"]
@@ -192,15 +185,13 @@ def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key, label in (
-        ("a", "(a) cached Mamba step"), ("b", "(b) Mamba recompute"), ("c", "(c) transformer 6x4 recompute"),
-        ("c_window", f"(c) transformer over the last {args.window:,}"),
-    ):  # fmt: skip
+    labels = {"a": "(a) cached Mamba step", "b": "(b) Mamba recompute", "c": "(c) transformer 6x4 recompute",
+              "c_window": f"(c) transformer over the last {args.window:,}"}  # fmt: skip
+    for key, label in labels.items():
         points = [(r["history"], r[f"{key}_ms"]) for r in rows if r.get(f"{key}_ms") is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    ax.set(xscale="log", yscale="log", xlabel="history (video tokens)", ylabel=f"ms per step of {NEW_TOKENS} tokens")
-    ax.set_title(f"Streaming step vs history (width {args.hidden_size}, {args.device})")
+        ax.plot(*zip(*points, strict=True), marker="o", label=label)  # no points: no line, no legend entry
+    ax.set(xscale="log", yscale="log", xlabel="history (video tokens)", ylabel=f"ms per step of {NEW_TOKENS} tokens",
+           title=f"Streaming step vs history (width {args.hidden_size}, {args.device})")  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
