@@ -39,25 +39,9 @@ from mambavl import MambaVLCache, MambaVLConfig
 from mambavl.fusion import build_fusion
 
 NEW_TOKENS, QUESTION_TOKENS, PRIME_CHUNK = 8, 16, 4096
-FIELDS = [
-    "history", "a_ms", "a_min_ms", "a_mib", "b_ms", "b_mib", "c_ms", "c_mib", "c_window_ms", "c_window_mib",
-    "b_over_a", "c_over_a", "c_window_over_a", "note",
-]  # fmt: skip
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    quick = "histories 1k,2k,4k at width 128, window 2k, 5 repeats"
-    p = harness.parser(__doc__, quick, repeats=7, threads=0, case_budget=120.0, wait_quiet=0.0)
-    lengths = lambda text: sorted(int(h) for h in text.split(","))  # noqa: E731
-    p.add_argument("--histories", type=lengths, default="1024,4096,16384,65536,262144,1048576", help="tokens, a,b,..")
-    p.add_argument("--hidden-size", type=int, default=768)
-    p.add_argument("--window", type=int, default=16384, help="the transformer's window for (c, window)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-memory-gib", type=float, default=48.0, help="skip a recompute predicted to need more")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.histories, args.hidden_size, args.repeats, args.window = [1024, 2048, 4096], 128, 5, 2048
-    return args
+RECOMPUTES = ("b", "c", "c_window")
+FIELDS = ["history", "a_ms", "a_min_ms", "a_mib", *(f"{k}_{unit}" for k in RECOMPUTES for unit in ("ms", "mib")),
+          *(f"{k}_over_a" for k in RECOMPUTES), "note"]  # the CSV's columns  # fmt: skip
 
 
 def build(args: argparse.Namespace, fusion_type: str) -> torch.nn.Module:
@@ -139,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 busy[i] |= harness.contended(timing, torch.get_num_threads())
         for row, step, times, contended in zip(rows, steps, samples, busy, strict=True):
             row.update(a_ms=statistics.median(times), a_min_ms=min(times), a_mib=peak_mib(step, dev))
-            for key in ("b", "c", "c_window"):
+            for key in RECOMPUTES:
                 if row.get(f"{key}_ms") is not None:
                     row[f"{key}_over_a"] = row[f"{key}_ms"] / row["a_ms"]
             row["note"] = "; ".join((["a contended"] if contended else []) + row["note"])
@@ -199,7 +183,17 @@ def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    quick = "histories 1k,2k,4k at width 128, window 2k, 5 repeats"
+    p = harness.parser(__doc__, quick, repeats=7, threads=0, case_budget=120.0, wait_quiet=0.0)
+    lengths = lambda text: sorted(int(h) for h in text.split(","))  # noqa: E731
+    p.add_argument("--histories", type=lengths, default="1024,4096,16384,65536,262144,1048576", help="tokens, a,b,..")
+    p.add_argument("--hidden-size", type=int, default=768)
+    p.add_argument("--window", type=int, default=16384, help="the transformer's window for (c, window)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-memory-gib", type=float, default=48.0, help="skip a recompute predicted to need more")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.histories, args.hidden_size, args.repeats, args.window = [1024, 2048, 4096], 128, 5, 2048
     result = run(args)
     info, lines = harness.machine_info(args.device), summary(result["rows"])
     setup = (
