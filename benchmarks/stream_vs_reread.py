@@ -1,19 +1,17 @@
 """Online detection on synthetic long videos: streaming with the carried state vs re-reading a sliding window; memory
 over an hour-long stream.
 
-Part 1 trains the ``mambavl demo`` recognition recipe on synthetic clips (or loads ``--model``) and reads held-out
-untrimmed videos (30 actions each with idle gaps), a step every 4 frames, as a **stream** (``MambaVLStreamer``: the
-encoder reads the last 16 frames, their 64 tokens are fused with the carried state, the whole history), by
-**re-reading 1 window** (its tokens from a zero state at every step) and by **re-reading K windows** (the last K
-windows' tokens from a zero state: some history, paid for at every step): the online metrics of each and its time per
-step. Part 2 streams an hour of feature steps (64 tokens, 3 a second) through the same model: the streamer's bytes at
-every step, the process's resident memory every 10 minutes.
+Part 1 reads held-out untrimmed videos (30 actions each with idle gaps; the ``mambavl demo`` recognition model trained
+here on clips, or ``--model``), a step every 4 frames: as a **stream** (the last 16 frames' 64 tokens fused with the
+carried state, the whole history) and by **re-reading the last K windows** (K = 1, 4, 16: some history, paid for at
+every step) from a zero state at every step: the online metrics and the time per step of each. Part 2 streams an hour
+of feature steps (64 tokens, 3 a second): the streamer's bytes at every step, the process's memory every 10 minutes.
 
 Expected: the streamer's bytes the same at every step and the resident memory flat over the hour; a stream step
 cheaper than any re-read. No accuracy target: the demo model is trained on clips (see docs/guides/online.md).
 
-    python benchmarks/stream_vs_reread.py                 # ~4 min on 2 CPU cores
-    python benchmarks/stream_vs_reread.py --quick --output-dir /tmp/svr   # smoke run
+    python benchmarks/stream_vs_reread.py                                  # ~4 min on 2 CPU cores
+    python benchmarks/stream_vs_reread.py --quick --output-dir /tmp/svr    # smoke run
 """
 
 from __future__ import annotations
@@ -184,13 +182,13 @@ def markdown(report: dict) -> str:
 def main() -> None:
     p = harness.parser(__doc__, "8 clip videos, 1 epoch, 1 short long video, 36 s of memory")
     p.add_argument("--model", type=Path, default=None, help="a saved demo model (default: train one)")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs")
-    p.add_argument("--long-videos", type=int, default=3, help="held-out long videos")
-    windows = lambda text: [int(k) for k in text.split(",")]  # noqa: E731
-    p.add_argument("--reread-windows", type=windows, default="1,4,16", help="the re-reads' windows of context")
-    p.add_argument("--memory-hours", type=float, default=1.0, help="length of the memory stream")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
+    p.add_argument("--long-videos", type=int, default=3, help="held-out long videos (default: %(default)s)")
+    ints = lambda text: [int(k) for k in text.split(",")]  # noqa: E731
+    p.add_argument("--reread-windows", type=ints, default="1,4,16", help="re-reads' windows (default: %(default)s)")
+    p.add_argument("--memory-hours", type=float, default=1.0, help="hours of memory stream (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work-dir", type=Path, default=Path("runs/stream_vs_reread"))
+    p.add_argument("--work-dir", type=Path, default=Path("runs/stream_vs_reread"), help="default: %(default)s")
     args = p.parse_args()
     if min(args.reread_windows) < 1:
         p.error("--reread-windows must be positive")

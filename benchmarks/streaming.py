@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     quick = "histories 1k,2k,4k at width 128, window 2k, 5 repeats"
     p = harness.parser(__doc__, quick, repeats=7, threads=0, case_budget=120.0, wait_quiet=0.0)
     lengths = lambda text: sorted(int(h) for h in text.split(","))  # noqa: E731
-    p.add_argument("--histories", type=lengths, default="1024,4096,16384,65536,262144,1048576", help="tokens, a,b,..")
+    p.add_argument("--histories", type=lengths, default="1024,4096,16384,65536,262144,1048576", help="comma-separated")
     p.add_argument("--hidden-size", type=int, default=768)
     p.add_argument("--window", type=int, default=16384, help="the transformer's window for (c, window)")
     p.add_argument("--device", default="cpu")
