@@ -1,169 +1,147 @@
-"""Streaming with the carried state versus re-reading a sliding window, on the synthetic long videos; memory over an
-hour-long stream.
+"""Online detection on synthetic long videos: streaming with the carried state vs re-reading a sliding window; memory
+over an hour-long stream.
 
-Part 1 trains the ``mambavl demo`` recognition recipe on synthetic clips (or loads ``--model``), renders held-out
-untrimmed videos (:func:`mambavl.data.generate_long_videos`: 30 actions each with idle gaps) and reads every video
-in three ways, a step every 4 frames (3 per second at 12 fps):
+Part 1 reads held-out untrimmed videos (30 actions each with idle gaps; the ``mambavl demo`` recognition model trained
+here on clips, or ``--model``), a step every 4 frames: as a **stream** (the last 16 frames' 64 tokens fused with the
+carried state, the whole history) and by **re-reading the last K windows** (K = 1, 4, 16: some history, paid for at
+every step) from a zero state at every step: the online metrics and the time per step of each. Part 2 streams an hour
+of feature steps (64 tokens, 3 a second): the streamer's bytes at every step, the process's memory every 10 minutes.
 
-- **stream**: :class:`~mambavl.streaming.MambaVLStreamer`, the encoder reads the last 16 frames, their 64 tokens are
-  fused with the carried state (the whole history), the heads pool the last window's tokens;
-- **re-read 1 window**: the same window's tokens read from a zero state at every step (no history);
-- **re-read K windows**: the last K windows' tokens re-read from a zero state at every step (some history, paid for
-  at every step).
+Expected: the streamer's bytes the same at every step and the resident memory flat over the hour; a stream step
+cheaper than any re-read. No accuracy target: the demo model is trained on clips (see docs/guides/online.md).
 
-It reports the online metrics of each (per-frame mAP, top-1 over the action steps, background rate, the
-most-frequent-action baseline) and the median time per step (encoder + fusion + heads).
-
-Part 2 streams an hour of feature steps (64 tokens per step, 3 steps per second: 10,800 steps, 691,200 tokens)
-through the same model and records the streamer's bytes at every step and the process's resident memory every
-10 minutes of stream.
-
-Writes ``benchmarks/results/stream_vs_reread.{json,md}``.
-
-    python benchmarks/stream_vs_reread.py                 # ~4 min on 2 CPU cores
-    python benchmarks/stream_vs_reread.py --quick --output-dir /tmp/svr   # smoke run
+    python benchmarks/stream_vs_reread.py                                  # ~4 min on 2 CPU cores
+    python benchmarks/stream_vs_reread.py --quick --output-dir /tmp/svr    # smoke run
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
-import platform
+import contextlib
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
+
+from mambavl.export import QUESTION_KEYS
+from mambavl.streaming import MambaVLStreamer, iter_video_frames
+from mambavl.streaming_cli import _load
+
 WINDOW, STRIDE = 16, 4
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            pages = int(handle.read().split()[1])
-    except OSError:
-        return 0
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE")
+def rss_mib() -> float:
+    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    with contextlib.suppress(OSError):
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return 0.0
 
 
-def get_model(args: argparse.Namespace) -> tuple[object, object, dict]:
-    from mambavl.streaming_cli import _load
+def feature_steps(model, steps: int, tokens: int):
+    """``steps`` random feature steps (seed 0), each ``(1, tokens, video_feature_size)``."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, tokens, model.config.video_feature_size, generator=g) for _ in range(steps))
 
+
+def get_model(args) -> tuple[object, object, dict]:
+    """``--model``, or the demo recipe trained here; and what to report of it."""
     if args.model is not None:
-        model, processor = _load(args.model)
-        return model, processor, {"model": str(args.model)}
+        return *_load(args.model), {"model": str(args.model)}
     from mambavl.demo import build_demo, train_demo
 
     num_videos, epochs = (8, 1) if args.quick else (64, args.epochs)
     setup = build_demo(args.work_dir / "data", task="recognition", num_videos=num_videos, seed=args.seed)
     start = time.perf_counter()
     result = train_demo(setup, args.work_dir / "run", epochs=epochs, seed=args.seed, progress_bar=False)
-    model, processor = _load(result.model_dir)
-    return model, processor, {"train_videos": num_videos, "epochs": epochs, "train_s": time.perf_counter() - start}
+    meta = {"train_videos": num_videos, "epochs": epochs, "train_s": time.perf_counter() - start}
+    return *_load(result.model_dir), meta
 
 
-@torch.no_grad()
-def reread(model, processor, frames_iter, k: int) -> list[dict]:
-    """Re-read the last ``k`` windows' tokens from a zero state at every step; per step: logits and seconds."""
-    windows: collections.deque = collections.deque(maxlen=k)
-    buffer: collections.deque = collections.deque(maxlen=WINDOW)
-    q = processor(video_features=np.zeros((1, 1, 1), np.float32))
-    questions = {
-        key: q[key] for key in ("verb_input_ids", "verb_attention_mask", "noun_input_ids", "noun_attention_mask")
-    }
-    out, seen = [], 0
-    for chunk in frames_iter:
+class Reread:
+    """The last ``k`` windows' tokens re-read from a zero state at every step; ``push_frames`` as the streamer's."""
+
+    def __init__(self, model, processor, k: int):
+        self.model, self.processor, self.seen = model, processor, 0
+        self.windows, self.frames = collections.deque(maxlen=k), collections.deque(maxlen=WINDOW)
+        batch = processor(video_features=np.zeros((1, 1, 1), np.float32))
+        self.questions = {key: batch[key] for key in QUESTION_KEYS}
+
+    @torch.no_grad()
+    def push_frames(self, chunk) -> list[SimpleNamespace]:
+        steps = []
         for frame in chunk:
-            buffer.append(frame)
-            seen += 1
-            if seen < WINDOW or (seen - WINDOW) % STRIDE:
+            self.frames.append(frame)
+            self.seen += 1
+            if self.seen < WINDOW or (self.seen - WINDOW) % STRIDE:
                 continue
-            start, cpu = time.perf_counter(), time.process_time()
-            pixel_values = processor.video_processor([np.stack(buffer)], return_tensors="pt")["pixel_values"]
-            windows.append(model.mambavl.video_encoder(pixel_values=pixel_values).last_hidden_state)
-            logits = model(video_features=torch.cat(list(windows), dim=1), **questions)
-            out.append(
-                {"frame": seen - 1, "verb": logits.verb_logits[0], "noun": logits.noun_logits[0],
-                 "seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
-            )  # fmt: skip
-    return out
+            start = time.perf_counter()
+            pixels = self.processor.video_processor([np.stack(self.frames)], return_tensors="pt")["pixel_values"]
+            self.windows.append(self.model.mambavl.video_encoder(pixel_values=pixels).last_hidden_state)
+            out = self.model(video_features=torch.cat(list(self.windows), dim=1), **self.questions)
+            seconds = time.perf_counter() - start
+            steps.append(SimpleNamespace(frame=self.seen - 1, verb_logits=out.verb_logits[0],
+                                         noun_logits=out.noun_logits[0], seconds=seconds))  # fmt: skip
+        return steps
 
 
-def part1(args: argparse.Namespace, model, processor) -> tuple[list[dict], dict]:
+def part1(args, model, processor) -> tuple[list[dict], dict]:
+    """Part 1: the online metrics and time per step of the stream and of each re-read."""
     from mambavl.data import generate_long_videos
     from mambavl.online_metrics import online_detection_metrics
-    from mambavl.streaming import MambaVLStreamer, iter_video_frames
 
     num_long, segments = (1, 8) if args.quick else (args.long_videos, 30)
-    info = generate_long_videos(
-        args.work_dir / "long", num_videos=num_long, segments_per_video=segments, seed=args.seed
-    )
-    labels = info.labels()
-    modes = [("stream", 0)] + [(f"re-read {k} window{'s' if k > 1 else ''}", k) for k in args.reread_windows]
-    rows = []
-    for name, k in modes:
-        verbs, nouns, seconds, tv, tn, cpu = [], [], [], [], [], 0.0
+    info = generate_long_videos(args.work_dir / "long", num_videos=num_long, segments_per_video=segments,
+                                seed=args.seed)  # fmt: skip
+    labels, rows = info.labels(), []
+    for k in [0, *args.reread_windows]:  # 0: the stream
+        steps, cpu, truth = [], 0.0, []
         for video_id in info.video_ids:
-            chunks = (f for f, _ in iter_video_frames(info.video_path(video_id)))
-            if k == 0:
-                streamer = MambaVLStreamer(model, processor, window=WINDOW, stride=STRIDE, fps=info.fps)
-                steps = []
-                for chunk in chunks:
-                    start = time.process_time()
-                    new = streamer.push_frames(chunk)
-                    cpu += time.process_time() - start
-                    steps += [
-                        {"frame": s.frame, "verb": s.verb_logits, "noun": s.noun_logits, "seconds": s.seconds}
-                        for s in new
-                    ]
+            if k:
+                reader = Reread(model, processor, k)
             else:
-                steps = reread(model, processor, chunks, k)
-                cpu += sum(s["cpu"] for s in steps)
-            a, b = labels[video_id].at([s["frame"] / info.fps for s in steps])
-            tv.append(a)
-            tn.append(b)
-            verbs += [s["verb"] for s in steps]
-            nouns += [s["noun"] for s in steps]
-            seconds += [s["seconds"] for s in steps]
-        metrics = online_detection_metrics(
-            torch.stack(verbs), torch.stack(nouns), np.concatenate(tv), np.concatenate(tn)
-        )
-        timing = {"ms_per_step": 1000 * statistics.median(seconds), "cpu_ms_per_step": 1000 * cpu / len(seconds)}
+                reader = MambaVLStreamer(model, processor, window=WINDOW, stride=STRIDE, fps=info.fps)
+            video_steps = []
+            for chunk, _ in iter_video_frames(info.video_path(video_id)):
+                start = time.process_time()
+                video_steps += reader.push_frames(chunk)
+                cpu += time.process_time() - start
+            steps += video_steps
+            truth.append(labels[video_id].at([s.frame / info.fps for s in video_steps]))
+        verbs, nouns = (torch.stack([getattr(s, key) for s in steps]) for key in ("verb_logits", "noun_logits"))
+        verb_labels, noun_labels = (np.concatenate(y) for y in zip(*truth, strict=True))
+        metrics = online_detection_metrics(verbs, nouns, verb_labels, noun_labels)
+        name = f"re-read {k} window{'s' if k > 1 else ''}" if k else "stream"
+        timing = {"ms_per_step": 1000 * statistics.median(s.seconds for s in steps)}
+        timing["cpu_ms_per_step"] = 1000 * cpu / len(steps)
         rows.append({"mode": name, "context_windows": k or "all", **metrics, **timing})
-        print(f"{name:<20} action top-1 {metrics['action_top1']:5.1f}%  mAP {metrics['action_mAP']:5.1f}%  "
-              f"{rows[-1]['ms_per_step']:6.1f} ms/step (wall, median)  {rows[-1]['cpu_ms_per_step']:6.1f} ms/step "
-              "(CPU, mean)", flush=True)  # fmt: skip
+        print(f"{name}: action top-1 {metrics['action_top1']:.1f}%, {timing['ms_per_step']:.1f} ms/step", flush=True)
     duration = sum(info.num_frames.values()) / info.fps
     return rows, {"long_videos": num_long, "segments_per_video": segments, "seconds_of_video": duration}
 
 
 @torch.no_grad()
-def part2(args: argparse.Namespace, model) -> dict:
-    """An hour (``--memory-hours``) of feature steps through the streamer: bytes per step and RSS over time."""
-    from mambavl.streaming import MambaVLStreamer
-
+def part2(args, model) -> dict:
+    """Part 2: ``--memory-hours`` of feature steps through the streamer: its bytes per step and RSS over time."""
     tokens, rate = model.config.pool_window, 3.0  # tokens per step, steps per second
     steps = int(args.memory_hours * 3600 * rate)
     q = {"verb_input_ids": torch.tensor([[2, 5, 6, 3]]), "verb_attention_mask": torch.ones(1, 4, dtype=torch.long)}
     q |= {"noun_input_ids": torch.tensor([[2, 7, 3]]), "noun_attention_mask": torch.ones(1, 3, dtype=torch.long)}
     streamer = MambaVLStreamer(model, question_inputs=q, stride=tokens, fps=rate * tokens)
-    g = torch.Generator().manual_seed(0)
-    size = model.config.video_feature_size
     memory, rss, every = set(), [], max(1, int(600 * rate))  # RSS every 10 minutes of stream
     start = time.perf_counter()
-    for i in range(steps):
-        streamer.push_features(torch.randn(tokens, size, generator=g))
+    for i, features in enumerate(feature_steps(model, steps, tokens)):
+        streamer.push_features(features[0])
         memory.add(streamer.memory_bytes)
         if i % every == 0 or i == steps - 1:
-            rss.append({"minute": round((i + 1) / rate / 60, 2), "rss_mib": rss_bytes() / 2**20})
+            rss.append({"minute": round((i + 1) / rate / 60, 2), "rss_mib": rss_mib()})
     elapsed = time.perf_counter() - start
     return {
         "stream_hours": args.memory_hours, "steps": steps, "tokens": streamer.cache.seen_tokens,
@@ -172,81 +150,57 @@ def part2(args: argparse.Namespace, model) -> dict:
     }  # fmt: skip
 
 
-def write(args: argparse.Namespace, report: dict) -> None:
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "stream_vs_reread.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+def markdown(report: dict) -> str:
     meta, mem = report["setup"], report["memory"]
-    lines = [
+    header = ["Mode", "History", "Action top-1", "Verb top-1", "Noun top-1", "Action mAP", "wall ms / step",
+              "CPU ms / step"]  # fmt: skip
+    cells = ("action_top1", "verb_top1", "noun_top1", "action_mAP", "ms_per_step", "cpu_ms_per_step")
+    history = {"all": "all (carried state)"}
+    rows = [[r["mode"], history.get(r["context_windows"], f"last {r['context_windows']} window(s)"),
+             *(f"{r[c]:.1f}" for c in cells)] for r in report["rows"]]  # fmt: skip
+    first = report["rows"][0]
+    return "\n\n".join([
         "# Streaming versus re-reading on the synthetic long videos",
-        "",
         f"{meta['long_videos']} held-out untrimmed videos ({meta['seconds_of_video']:.0f} s, "
         f"{meta['segments_per_video']} actions each with idle gaps), the `mambavl demo` recognition model trained "
         f"on clips; a step every {STRIDE} frames (3 per second), the encoder reading the last {WINDOW} frames "
         f"({report['window_tokens']} tokens). Per-frame mAP over the classes present (background excluded), top-1 "
         "over the steps where an action runs. Percent. Time per step (processor + encoder + fusion + heads, not the "
         "decoding): the median wall-clock time, and the mean CPU time, which a busy machine inflates less.",
-        "",
-        "| Mode | History | Action top-1 | Verb top-1 | Noun top-1 | Action mAP | wall ms / step | CPU ms / step |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["rows"]:
-        history = "all (carried state)" if r["context_windows"] == "all" else f"last {r['context_windows']} window(s)"
-        lines.append(
-            f"| {r['mode']} | {history} | {r['action_top1']:.1f} | {r['verb_top1']:.1f} | {r['noun_top1']:.1f} | "
-            f"{r['action_mAP']:.1f} | {r['ms_per_step']:.1f} | {r['cpu_ms_per_step']:.1f} |"
-        )
-    r0 = report["rows"][0]
-    lines += [
-        "",
-        f"Background rate {r0['background_rate']:.1f}% of the steps; always answering the most frequent action: "
-        f"{r0['majority_action_top1']:.1f}% action top-1.",
-        "",
+        harness.markdown_table(header, rows),
+        f"Background rate {first['background_rate']:.1f}% of the steps; always answering the most frequent action: "
+        f"{first['majority_action_top1']:.1f}% action top-1.",
         f"Memory: {mem['stream_hours']:g} h of stream ({mem['steps']:,} steps, {mem['tokens']:,} tokens): the "
         f"streamer held {', '.join(f'{b:,}' for b in mem['streamer_bytes'])} bytes at every step; process RSS "
         + " → ".join(f"{x['rss_mib']:.0f}" for x in mem["rss"])
         + f" MiB every 10 minutes of stream (growth {mem['rss_growth_mib']:+.1f} MiB); "
         f"{mem['ms_per_step']:.2f} ms per feature step.",
-        "",
-        f"Command: `{' '.join(['python benchmarks/stream_vs_reread.py', *sys.argv[1:]])}` ({platform.machine()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads).",
-    ]
-    (args.output_dir / "stream_vs_reread.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        f"Command: `{harness.command_line()}` ({harness.describe(harness.machine_info())}).",
+    ])  # fmt: skip
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="a saved demo model (default: train one)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
-    parser.add_argument("--long-videos", type=int, default=3, help="held-out long videos (default: %(default)s)")
-    parser.add_argument(
-        "--reread-windows", default="1,4,16", help="re-read baselines: windows of context (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--memory-hours", type=float, default=1.0, help="length of the memory stream (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/stream_vs_reread"), help="default: %(default)s")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS, help="default: %(default)s")
-    parser.add_argument(
-        "--quick", action="store_true", help="8 clip videos, 1 epoch, 1 short long video, 36 s of memory"
-    )
-    args = parser.parse_args()
-    try:
-        args.reread_windows = [int(k) for k in args.reread_windows.split(",") if k.strip()]
-    except ValueError:
-        parser.error(f"--reread-windows must be comma-separated integers, got {args.reread_windows!r}")
-    if any(k < 1 for k in args.reread_windows):
-        parser.error("--reread-windows must be positive")
-    if args.quick:
-        args.memory_hours = 0.01
+def main() -> None:
+    p = harness.parser(__doc__, "8 clip videos, 1 epoch, 1 short long video, 36 s of memory")
+    p.add_argument("--model", type=Path, default=None, help="a saved demo model (default: train one)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
+    p.add_argument("--long-videos", type=int, default=3, help="held-out long videos (default: %(default)s)")
+    ints = lambda text: [int(k) for k in text.split(",")]  # noqa: E731
+    p.add_argument("--reread-windows", type=ints, default="1,4,16", help="re-reads' windows (default: %(default)s)")
+    p.add_argument("--memory-hours", type=float, default=1.0, help="hours of memory stream (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", type=Path, default=Path("runs/stream_vs_reread"), help="default: %(default)s")
+    args = p.parse_args()
+    if min(args.reread_windows) < 1:
+        p.error("--reread-windows must be positive")
+    args.memory_hours = 0.01 if args.quick else args.memory_hours
     model, processor, meta = get_model(args)
     rows, setup = part1(args, model, processor)
     memory = part2(args, model)
     report = {"setup": {**meta, **setup}, "window_tokens": model.config.pool_window, "rows": rows, "memory": memory}
-    write(args, report)
-    return 0
+    text = markdown(report)
+    harness.write_results(args.output_dir, "stream_vs_reread", payload=report, markdown=text)
+    print(text)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
