@@ -233,8 +233,8 @@ def markdown(result: dict) -> str:
         lines += [f"## {run['threads']} torch thread{'s' if run['threads'] != 1 else ''}", "",
                   f"Load average at start / end: {run['loadavg_start']} / {run['loadavg_end']}.", "",
                   harness.markdown_table(header, table), ""]  # fmt: skip
-        fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
         if run["exp_floors"]:
+            fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
             low, high = run["exp_floors"]["exp2"], run["exp_floors"]["exp"]
             caps = ", ".join(f"`{i}` {t / low['median_s']:.1f}x" for i, t in fwd.items() if i != "torch")
             took = [f"{ms(f['median_s'])} ms" + (" (contended)" if f["contended"] else "") for f in (low, high)]
@@ -262,8 +262,8 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     installed = [i for i in IMPLS if i != "mambapy" or importlib.util.find_spec("mambapy")]
-    p = harness.parser(__doc__, "b=1, d=256, n=16, l=256", repeats=7, case_budget=60.0, wait_quiet=0.0, processes=1,
-                       retries=0)  # fmt: skip
+    p = harness.parser(__doc__, "small size: b=1, d=256, n=16, l=256", repeats=7, case_budget=60.0, wait_quiet=0.0,
+                       processes=1, retries=0)  # fmt: skip
     p.add_argument("--threads", type=lambda text: [int(t) for t in text.split(",")], default="0",
                    help="comma-separated torch thread counts, one table each (0: torch's default)")  # fmt: skip
     p.add_argument("--impls", type=lambda text: text.split(","), default=installed,
