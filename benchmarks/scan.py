@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         "shape": {"b": args.b, "d": args.d, "l": args.L, "n": args.n, "dtype": "float32",
                   "options": "delta_softplus=True, delta_bias, D, z"},
         "repeats": args.repeats, "processes": args.processes, "transformers_backward_l": max(1, args.L // 8),
-        "memory_method": "the rise of the resident-set high-water mark over the RSS before the timed calls",
+        "memory_method": "the rise of the resident-set high-water mark (VmHWM) over the RSS just before the timed "
+        "calls, in a fresh process per case",
         "contention_probe": "a case that got under 85% of its threads' CPU time is re-run (`--retries`) or flagged",
         "runs": [run_threads(args, threads) for threads in args.threads],
     }  # fmt: skip
