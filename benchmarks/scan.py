@@ -1,34 +1,27 @@
 """CPU benchmark of the selective scan: mambavl's pure-PyTorch ``torch`` backend against its peers.
 
 Compares, at one ViT-B clip of tokens (b=2, d=1536, n=16, l=1568, float32, softplus(delta + delta_bias), D and z):
-``torch`` (``selective_scan(..., backend="torch")``: chunked scan, own backward), ``reference`` (the plain loop,
-autograd), ``transformers`` (``mamba_selective_scan``, the sequential fallback transformers runs without mamba-ssm,
-autograd) and ``mambapy`` (mamba.py's parallel scan ``mambapy.pscan``, as its ``MambaBlock.selective_scan`` uses it;
-a row where ``pip install mambapy`` was done). Per implementation: forward time (``no_grad``), forward+backward
-time (all eight inputs require grad), peak extra memory, and the forward's difference to ``torch``. Also: the floor
-of any forward made of PyTorch ops (forming ``exp(delta * A)`` for all b*d*l*n elements, with ``exp2`` as the
-``torch`` backend does and with ``exp``) and torch.profiler's split of one ``torch`` forward.
+``torch`` (``selective_scan(..., backend="torch")``), ``reference`` (the plain loop, autograd), ``transformers``
+(``mamba_selective_scan``, the sequential fallback transformers runs without mamba-ssm, autograd) and ``mambapy``
+(mamba.py's parallel scan ``pscan`` as its ``MambaBlock`` uses it; a row where mamba.py is installed): forward
+(``no_grad``) and forward+backward (the gradients of all eight inputs) times, peak extra memory, the forward's
+difference to ``torch``. Also the floor of any forward made of PyTorch ops (forming ``exp(delta * A)`` alone for all
+b*d*l*n elements, with ``exp2`` as ``torch`` does and with ``exp``), and torch.profiler's split of a ``torch`` forward.
 
-Target: the ``torch`` backend ahead of its peers (transformers' fallback; mamba.py's parallel scan) in forward and
-forward+backward, and close to the ``exp2`` floor. (Against ``reference``, a hand-fused compiled kernel just reaches
-10x on 2 threads, 9.6x on 1; pure PyTorch is capped far below that by the floor: see docs/benchmarks.md.)
+Target: ``torch`` ahead of its peers, transformers' fallback and mamba.py's parallel scan, in forward and
+forward+backward, and close to the ``exp2`` floor. Not against ``reference``: a hand-fused compiled kernel just reaches
+10x it, and pure PyTorch is capped far below that by the floor (see docs/benchmarks.md).
 
-Method (``benchmarks/harness.py``): every (implementation, mode) case runs in ``--processes`` fresh processes, in
-rounds over all cases; in each, one warm-up call, then the median of ``--repeats`` calls (fewer for slow cases, see
-``--case-budget``); the table reports the median of the process medians. Peak memory: the resident-set high-water
-mark over the RSS before the calls. A case that got less than 85% of its threads' CPU time is contended: it runs again
-(``--retries``) and is flagged if it stays so. transformers' forward+backward takes minutes at l=1568, so it is timed
-at ``--hf-backward-l`` (default l/8) and extrapolated linearly in l (time and memory).
-
-Usage::
+Each case runs in fresh processes (``harness.py``). transformers' forward+backward takes minutes at l=1568: it is
+timed at l/8 and extrapolated linearly in l (time and memory).
 
     python benchmarks/scan.py --threads 2,1 --repeats 7 --processes 3 --wait-quiet 300 --retries 3 --case-budget 30
-    python benchmarks/scan.py --quick          # small size, prints only (unless --out is given)
+    python benchmarks/scan.py --quick --output-dir /tmp/scan   # b=1, d=256, n=16, l=256
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -43,8 +36,6 @@ IMPLS = ("torch", "reference", "transformers", "mambapy")
 FLOORS = {"exp2-floor": "exp2", "exp-floor": "exp"}  # not scans: exp(delta * A) alone, see floor_fn
 PROFILE = "torch-profile"  # not a timing: the profiler's split of one torch forward
 MODES = ("fwd", "fwdbwd")
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def make_inputs(b: int, d: int, L: int, n: int, seed: int = 0) -> dict:
@@ -93,17 +84,14 @@ def floor_fn(exp_name: str):
 
     from mambavl.ops.selective_scan import _chunk_size, _exp2_exponent
 
-    exp_ = torch.Tensor.exp2_ if exp_name == "exp2" else torch.Tensor.exp_
-
     def fn(u, delta, A, *rest):
         dt = delta.permute(2, 0, 1).contiguous()  # (l, b, d)
-        L, b, d = dt.shape
+        (L, b, d), n = dt.shape, A.shape[1]
         At = _exp2_exponent(A) if exp_name == "exp2" else A.t().contiguous()  # (n, d)
-        chunk = _chunk_size(b, d, A.shape[1], dt.element_size())
-        buf = dt.new_empty(chunk, b, A.shape[1], d)
-        for t0 in range(0, L, chunk):
-            m = min(chunk, L - t0)
-            exp_(torch.mul(dt[t0 : t0 + m, :, None, :], At, out=buf[:m]))
+        buf = dt.new_empty(_chunk_size(b, d, n, dt.element_size()), b, n, d)
+        for t0 in range(0, L, len(buf)):
+            block = torch.mul(dt[t0 : t0 + len(buf), :, None, :], At, out=buf[: min(len(buf), L - t0)])
+            block.exp2_() if exp_name == "exp2" else block.exp_()
         return u
 
     return fn
@@ -120,10 +108,10 @@ def profile_forward(x: dict, top: int = 7) -> list[dict]:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             fn(*x.values())
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events]
-    other = rows[top:]
-    rest = {"op": "(other)", "self_ms": sum(r["self_ms"] for r in other), "calls": sum(r["calls"] for r in other)}
-    return rows[:top] + ([rest] if other else [])
+    ops = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events]
+    other = ops[top:]
+    rest = {"op": "(other)", "self_ms": sum(o["self_ms"] for o in other), "calls": sum(o["calls"] for o in other)}
+    return ops[:top] + ([rest] if other else [])
 
 
 def measure(case: dict) -> dict:
@@ -142,18 +130,11 @@ def measure(case: dict) -> dict:
             return lambda: torch.no_grad()(fn)(*x.values())
         leaves = [t.clone().requires_grad_() for t in x.values()]
         gout = torch.randn(x["u"].shape, generator=torch.Generator().manual_seed(1))
+        return lambda: torch.autograd.grad(fn(*leaves), leaves, gout)
 
-        def call():
-            fn(*leaves).backward(gout)
-            for t in leaves:
-                t.grad = None
-
-        return call
-
-    make_call(make_inputs(1, 8, 8, 4, seed=1))()  # thread pools, lazy imports, dispatch caches
-    call = make_call(x)
+    make_call(make_inputs(1, 8, 8, 4, seed=1))()  # thread pools, lazy imports, dispatch caches: not in the peak
     with harness.PeakMemory() as peak:
-        t = harness.time_call(call, repeats=case["repeats"], budget_s=case["budget_s"])
+        t = harness.time_call(make_call(x), repeats=case["repeats"], budget_s=case["budget_s"])
     rel_diff = None
     if case["mode"] == "fwd" and case["impl"] in IMPLS[1:]:
         with torch.no_grad():
@@ -168,13 +149,12 @@ def measure(case: dict) -> dict:
     }  # fmt: skip
 
 
-def run_all(args: argparse.Namespace, impls: list[str], threads: int, hf_l: int) -> dict:
-    """Every case at one thread count -> one ``run`` of the JSON (rows, floors, profile, cases)."""
-    load_start = os.getloadavg()
-    cases = [(i, m, hf_l if (i, m) == ("transformers", "fwdbwd") else args.L) for i in impls for m in MODES]
-    cases += [(floor, "fwd", args.L) for floor in FLOORS] if "torch" in impls else []
-    common = {"b": args.b, "d": args.d, "n": args.n, "threads": threads, "repeats": args.repeats,
-              "budget_s": args.case_budget}  # fmt: skip
+def run_threads(args, threads: int) -> dict:
+    """Every case at one thread count, in fresh processes -> one ``run`` of the JSON (rows, floors, profile, cases)."""
+    load_start, hf_l = os.getloadavg(), max(1, args.L // 8)
+    cases = [(i, m, hf_l if (i, m) == ("transformers", "fwdbwd") else args.L) for i in args.impls for m in MODES]
+    cases += [(floor, "fwd", args.L) for floor in FLOORS] if "torch" in args.impls else []
+    common = dict(b=args.b, d=args.d, n=args.n, threads=threads, repeats=args.repeats, budget_s=args.case_budget)
     runs = harness.in_rounds(
         cases, lambda c: harness.run_worker(__file__, {**common, "impl": c[0], "mode": c[1], "l": c[2]}),
         processes=args.processes, wait_quiet_s=args.wait_quiet, retries=args.retries,
@@ -182,26 +162,22 @@ def run_all(args: argparse.Namespace, impls: list[str], threads: int, hf_l: int)
     )  # fmt: skip
     merged = {}
     for (impl, mode, L), case_runs in runs.items():
-        r = harness.merge_runs(case_runs, key="median_s")
-        r["process_medians_s"] = r.pop("process_medians")
-        scale = args.L / L
+        r = merged[(impl, mode)] = harness.merge_runs(case_runs, key="median_s")
+        r["process_medians_s"], scale = r.pop("process_medians"), args.L / L
         r.update(extrapolated_from_l=L if L != args.L else None, median_s_full=r["median_s"] * scale,
                  min_s_full=r["min_s"] * scale, peak_full_bytes=r["peak_extra_rss_bytes"] * scale)  # fmt: skip
-        merged[(impl, mode)] = r
-    floors = {FLOORS[f]: {k: merged[(f, "fwd")][k] for k in ("median_s", "min_s", "contended")}
-              for f in FLOORS if (f, "fwd") in merged}  # fmt: skip
-    profile = None
-    if "torch" in impls:
-        profile = harness.run_worker(__file__, {**common, "impl": PROFILE, "mode": "fwd", "l": args.L})["ops"]
+    floors = {exp: {k: merged[(f, "fwd")][k] for k in ("median_s", "min_s", "contended")}
+              for f, exp in FLOORS.items() if (f, "fwd") in merged}  # fmt: skip
+    profile_case = {**common, "impl": PROFILE, "mode": "fwd", "l": args.L}
     return {
-        "threads": merged[(impls[0], "fwd")]["threads"], "loadavg_start": [round(v, 2) for v in load_start],
-        "loadavg_end": [round(v, 2) for v in os.getloadavg()], "rows": [rows(args, merged, impl) for impl in impls],
-        "exp_floors": floors or None, "torch_forward_profile": profile,
-        "cases": [r for (impl, _), r in merged.items() if impl not in FLOORS],
+        "threads": merged[(args.impls[0], "fwd")]["threads"], "loadavg_start": [round(v, 2) for v in load_start],
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()], "rows": [row(args, merged, i) for i in args.impls],
+        "exp_floors": floors or None, "cases": [r for (impl, _), r in merged.items() if impl not in FLOORS],
+        "torch_forward_profile": harness.run_worker(__file__, profile_case)["ops"] if "torch" in args.impls else None,
     }  # fmt: skip
 
 
-def rows(args: argparse.Namespace, cases: dict, impl: str) -> dict:
+def row(args, cases: dict, impl: str) -> dict:
     """The table row of one implementation, with its notes (extrapolation, spread, short or contended cases)."""
     f, fb = cases[(impl, "fwd")], cases[(impl, "fwdbwd")]
     base = {m: cases[("torch", m)]["median_s_full"] for m in MODES} if ("torch", "fwd") in cases else None
@@ -213,14 +189,12 @@ def rows(args: argparse.Namespace, cases: dict, impl: str) -> dict:
         )
     for c in (f, fb):
         medians = [t * 1e3 * c["median_s_full"] / c["median_s"] for t in c["process_medians_s"]]
-        if max(medians) > 1.2 * min(medians):
-            notes.append(f"{c['mode']}: per-process medians {' / '.join(f'{m:,.1f}' for m in medians)} ms")
-        if c["repeats"] < args.repeats:
-            notes.append(f"{c['mode']}: {c['repeats']} timed call(s) (slow case)")
-        if c["attempts"] > 1:
-            notes.append(f"{c['mode']}: attempt {c['attempts']} (earlier ones contended, discarded)")
-        if c["contended"]:
-            notes.append(f"{c['mode']}: contended (other processes took CPU time; {c['cpu_per_wall']:.2f} CPU/wall)")
+        notes += [f"{c['mode']}: {note}" for note, applies in [
+            (f"per-process medians {' / '.join(f'{m:,.1f}' for m in medians)} ms", max(medians) > 1.2 * min(medians)),
+            (f"{c['repeats']} timed call(s) (slow case)", c["repeats"] < args.repeats),
+            (f"attempt {c['attempts']} (earlier ones contended, discarded)", c["attempts"] > 1),
+            (f"contended (other processes took CPU time; {c['cpu_per_wall']:.2f} CPU/wall)", c["contended"]),
+        ] if applies]  # fmt: skip
     return {
         "impl": impl, "fwd_s": f["median_s_full"], "fwdbwd_s": fb["median_s_full"], "fwd_min_s": f["min_s_full"],
         "fwdbwd_min_s": fb["min_s_full"], "fwdbwd_over_fwd": fb["median_s_full"] / f["median_s_full"],
@@ -232,37 +206,35 @@ def rows(args: argparse.Namespace, cases: dict, impl: str) -> dict:
 
 
 def markdown(result: dict) -> str:
-    """The report: one table (and the floor and profile paragraphs) per thread count."""
-    s, m = result["shape"], result["machine"]
+    """The report: per thread count, the table, the floor paragraph and the profile."""
+    s, runs, p = result["shape"], result["runs"], result["processes"]
     ms, mib = (lambda v: harness.fmt(v and v * 1e3)), (lambda v: harness.fmt(v and v / 2**20, "{:,.0f}"))
-    processes = result.get("processes", 1)
+    speedup = functools.partial(harness.fmt, spec="{:.1f}x")
+    machine = harness.describe({**result["machine"], "torch_threads": " / ".join(str(r["threads"]) for r in runs)})
     lines = [
         f"# Selective scan on CPU: b={s['b']}, d={s['d']}, n={s['n']}, l={s['l']}, float32", "",
-        f"softplus(delta + delta_bias), D and z. {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, "
-        f"transformers {m['transformers']}, Python {m['python']}. Times: median (min) in ms of the timed calls after "
-        "one warm-up call" + (f", each case in {processes} fresh processes (median of their medians, min of their "
-        "mins)" if processes > 1 else "") + "; speed-ups and ratios use medians. `torch speed-up` = that row's time / "
-        "the `torch` backend's time.", "",
+        f"softplus(delta + delta_bias), D and z. {machine}. Times: median (min) in ms of the timed calls after one "
+        "warm-up call" + (f", each case in {p} fresh processes (median of their medians, min of their mins)" if p > 1
+        else "") + "; speed-ups and ratios use medians. `torch speed-up` = that row's time / the `torch` backend's "
+        "time.", "",
     ]  # fmt: skip
-    for run in result["runs"]:
+    header = ["implementation", "forward (ms)", "fwd+bwd (ms)", "fwd+bwd / own fwd", "torch speed-up fwd",
+              "torch speed-up fwd+bwd", "peak extra RSS fwd (MiB)", "peak extra RSS fwd+bwd (MiB)",
+              "notes"]  # fmt: skip
+    for run in runs:
         table = []
         for r in run["rows"]:
-            notes = r["notes"] + ([f"forward rel. diff vs torch {r['rel_diff_vs_torch']:.1e}"]
-                                  if r["rel_diff_vs_torch"] is not None else [])  # fmt: skip
-            table.append([
-                f"`{r['impl']}`", f"{ms(r['fwd_s'])} ({ms(r['fwd_min_s'])})",
-                f"{ms(r['fwdbwd_s'])} ({ms(r['fwdbwd_min_s'])})", f"{r['fwdbwd_over_fwd']:.2f}",
-                harness.fmt(r["torch_speedup_fwd"], "{:.1f}x"), harness.fmt(r["torch_speedup_fwdbwd"], "{:.1f}x"),
-                mib(r["peak_fwd_bytes"]), mib(r["peak_fwdbwd_bytes"]), "; ".join(notes),
-            ])  # fmt: skip
-        header = ["implementation", "forward (ms)", "fwd+bwd (ms)", "fwd+bwd / own fwd", "torch speed-up fwd",
-                  "torch speed-up fwd+bwd", "peak extra RSS fwd (MiB)", "peak extra RSS fwd+bwd (MiB)",
-                  "notes"]  # fmt: skip
+            diff = r["rel_diff_vs_torch"]
+            notes = r["notes"] + ([] if diff is None else [f"forward rel. diff vs torch {diff:.1e}"])
+            table.append([f"`{r['impl']}`", f"{ms(r['fwd_s'])} ({ms(r['fwd_min_s'])})",
+                          f"{ms(r['fwdbwd_s'])} ({ms(r['fwdbwd_min_s'])})", f"{r['fwdbwd_over_fwd']:.2f}",
+                          speedup(r["torch_speedup_fwd"]), speedup(r["torch_speedup_fwdbwd"]),
+                          mib(r["peak_fwd_bytes"]), mib(r["peak_fwdbwd_bytes"]), "; ".join(notes)])  # fmt: skip
         lines += [f"## {run['threads']} torch thread{'s' if run['threads'] != 1 else ''}", "",
                   f"Load average at start / end: {run['loadavg_start']} / {run['loadavg_end']}.", "",
                   harness.markdown_table(header, table), ""]  # fmt: skip
-        fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
-        if run.get("exp_floors"):
+        if run["exp_floors"]:
+            fwd = {r["impl"]: r["fwd_s"] for r in run["rows"]}
             low, high = run["exp_floors"]["exp2"], run["exp_floors"]["exp"]
             caps = ", ".join(f"`{i}` {t / low['median_s']:.1f}x" for i, t in fwd.items() if i != "torch")
             took = [f"{ms(f['median_s'])} ms" + (" (contended)" if f["contended"] else "") for f in (low, high)]
@@ -274,71 +246,46 @@ def markdown(result: dict) -> str:
                 f"`torch` forward is {fwd['torch'] / low['median_s']:.1f}x it, and the largest forward speed-up over "
                 f"the others that such a scan could reach here is {caps}.", "",
             ]  # fmt: skip
-        if run.get("torch_forward_profile"):
+        if run["torch_forward_profile"]:
             ops = run["torch_forward_profile"]
             total = sum(o["self_ms"] for o in ops)
+            shares = [[f"`{o['op']}`", f"{100 * o['self_ms'] / total:.0f}%", f"{o['calls']:,}"] for o in ops]
             lines += [
                 "Where the `torch` forward's time goes (torch.profiler, one call after a warm-up; self CPU time per "
                 "op, profiling overhead included; `_SelectiveScanFn` is the Python between the ops):", "",
-                harness.markdown_table(["op", "share", "calls"], [
-                    [f"`{o['op']}`", f"{100 * o['self_ms'] / total:.0f}%", f"{o['calls']:,}"] for o in ops
-                ]), "",
+                harness.markdown_table(["op", "share", "calls"], shares), "",
             ]  # fmt: skip
-    lines += [
-        f"Peak extra RSS: {result['memory_method']}; it counts temporaries, outputs, saved tensors and gradients, "
-        "but not the inputs.", "", f"Quiet check: {result['contention_probe']}.", "",
-        f"Command: `{result['command']}`", "",
-    ]  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join([*lines, f"Peak extra RSS: {result['memory_method']}; it counts temporaries, outputs, saved "
+                      "tensors and gradients, but not the inputs.", "", f"Quiet check: {result['contention_probe']}.",
+                      "", f"Command: `{result['command']}`", ""])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small size (b=1, d=256, n=16, l=256)")
-    p.add_argument("--repeats", type=int, default=7, help="timed calls per case (after one warm-up call)")
-    p.add_argument("--threads", default="0", help="comma-separated thread counts, one table each (0: torch's)")
     installed = [i for i in IMPLS if i != "mambapy" or importlib.util.find_spec("mambapy")]
-    p.add_argument("--impls", default=",".join(installed), help=f"comma-separated subset of {','.join(IMPLS)} "
-                   "(default: those installed)")  # fmt: skip
-    p.add_argument("--hf-backward-l", type=int, default=None, help="l of transformers' fwd+bwd (default l//8; 0: l)")
-    p.add_argument("--case-budget", type=float, default=60.0, help="seconds of timed calls per case")
-    p.add_argument("--out", default=None, help="folder for scan_cpu.{json,md} (default: results/, none for --quick)")
-    p.add_argument("--processes", type=int, default=1, help="fresh processes per case, in rounds over all cases")
-    p.add_argument("--no-write", action="store_true", help="print only")
-    p.add_argument("--wait-quiet", type=float, default=0.0, help="seconds to wait for a quiet machine before a case")
-    p.add_argument("--retries", type=int, default=0, help="re-runs of a contended case")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p = harness.parser(__doc__, "small size: b=1, d=256, n=16, l=256", repeats=7, case_budget=60.0, wait_quiet=0.0,
+                       processes=1, retries=0)  # fmt: skip
+    p.add_argument("--threads", type=lambda text: [int(t) for t in text.split(",")], default="0",
+                   help="comma-separated torch thread counts, one table each (0: torch's default)")  # fmt: skip
+    p.add_argument("--impls", type=lambda text: text.split(","), default=installed,
+                   help=f"comma-separated, of {','.join(installed)} (those installed; default: all)")  # fmt: skip
     args = p.parse_args(argv)
     if args.worker:
         return harness.print_result(measure(json.loads(args.worker)))
     args.b, args.d, args.L, args.n = (1, 256, 256, 16) if args.quick else (2, 1536, 1568, 16)
-    impls = [i for i in args.impls.split(",") if i]
-    if not impls or set(impls) - set(installed):
-        p.error(f"unknown or not installed --impls {sorted(set(impls) - set(installed))}; choose from {installed}")
-    try:
-        thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
-    except ValueError:
-        p.error(f"--threads must be comma-separated integers, got {args.threads!r}")
-    if args.processes < 1:
-        p.error(f"--processes must be >= 1, got {args.processes}")
-    hf_l = max(1, min(args.L // 8 if args.hf_backward_l is None else (args.hf_backward_l or args.L), args.L))
     result = {
         "benchmark": "selective_scan_cpu", "command": harness.command_line(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": harness.machine_info(),
         "shape": {"b": args.b, "d": args.d, "l": args.L, "n": args.n, "dtype": "float32",
                   "options": "delta_softplus=True, delta_bias, D, z"},
-        "repeats": args.repeats, "processes": args.processes, "transformers_backward_l": hf_l,
-        "memory_method": "rise of the process's resident-set high-water mark (VmHWM, reset through "
-        "`/proc/self/clear_refs`) over its RSS just before the timed calls, in a fresh subprocess per case",
-        "contention_probe": "each case records the CPU seconds its process got per wall second while timing; below "
-        "85% of its threads another process held the cores and the case is re-run (`--retries`) or flagged",
-        "runs": [run_all(args, impls, t, hf_l) for t in thread_counts],
+        "repeats": args.repeats, "processes": args.processes, "transformers_backward_l": max(1, args.L // 8),
+        "memory_method": "the rise of the resident-set high-water mark (VmHWM) over the RSS just before the timed "
+        "calls, in a fresh process per case",
+        "contention_probe": "a case that got under 85% of its threads' CPU time is re-run (`--retries`) or flagged",
+        "runs": [run_threads(args, threads) for threads in args.threads],
     }  # fmt: skip
     md = markdown(result)
     print(md)
-    out_dir = args.out or (None if args.quick else RESULTS_DIR)
-    if out_dir and not args.no_write:
-        harness.write_results(out_dir, "scan_cpu", payload=result, markdown=md)
+    harness.write_results(args.output_dir, "scan_cpu", payload=result, markdown=md)
 
 
 if __name__ == "__main__":

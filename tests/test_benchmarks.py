@@ -43,7 +43,7 @@ def test_fusion_ablation_quick(tmp_path):
 def test_scan_benchmark_quick(tmp_path):
     proc = run(
         "scan.py", "--quick", "--repeats", "1", "--processes", "2", "--threads", "1", "--impls", "torch,reference",
-        "--out", str(tmp_path),
+        "--output-dir", str(tmp_path),
     )  # fmt: skip
     report = json.loads((tmp_path / "scan_cpu.json").read_text())
     (run_,) = report["runs"]
