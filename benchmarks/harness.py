@@ -314,7 +314,7 @@ def describe(info: dict[str, Any]) -> str:
     where = info.get("device_name") or f"{info['cpu']} ({info['logical_cpus']} logical CPUs)"
     cuda = f" (CUDA {info['torch_cuda']})" if info.get("torch_cuda") else ""
     return (f"{where}, torch {info['torch']}{cuda}, transformers {info['transformers']}, Python {info['python']}, "
-            f"{info['torch_threads']} torch threads")  # fmt: skip
+            f"{info['torch_threads']} torch thread{'' if info['torch_threads'] == 1 else 's'}")  # fmt: skip
 
 
 def command_line() -> str:
