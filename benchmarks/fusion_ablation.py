@@ -59,7 +59,7 @@ def summary(name: str, runs: list[dict], seeds: list[int]) -> dict:
 def main() -> None:
     p = harness.parser(__doc__, "8 videos, 1 epoch: a smoke run")
     p.add_argument("--epochs", type=int, default=30, help="training epochs of every run (default: %(default)s)")
-    p.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default="0,1,2",
+    p.add_argument("--seeds", type=harness.int_list, default="0,1,2",
                    help="comma-separated; each seeds a dataset, initialisation and training order")  # fmt: skip
     p.add_argument("--num-videos", type=int, default=64, help="synthetic videos per dataset (default: %(default)s)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/fusion_ablation"), help="datasets and checkpoints")

@@ -336,6 +336,14 @@ SHARED_OPTIONS: dict[str, tuple[type, str]] = {
 }
 
 
+def int_list(text: str) -> list[int]:
+    """An option's comma-separated integers (``"2,1"`` -> ``[2, 1]``), for ``add_argument(type=int_list)``."""
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,1; got {text!r}") from None
+
+
 def parser(doc: str, quick_help: str, **defaults: Any) -> argparse.ArgumentParser:
     """A script's parser: ``--quick``, ``--output-dir``, ``--worker`` and the shared options named in ``defaults``."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])

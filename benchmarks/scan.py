@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     installed = [i for i in IMPLS if i != "mambapy" or importlib.util.find_spec("mambapy")]
     p = harness.parser(__doc__, "small size: b=1, d=256, n=16, l=256", repeats=7, case_budget=60.0, wait_quiet=0.0,
                        processes=1, retries=0)  # fmt: skip
-    p.add_argument("--threads", type=lambda text: [int(t) for t in text.split(",")], default="0",
+    p.add_argument("--threads", type=harness.int_list, default="0",
                    help="comma-separated torch thread counts, one table each (0: torch's default)")  # fmt: skip
     p.add_argument("--impls", type=lambda text: text.split(","), default=installed,
                    help=f"comma-separated, of {','.join(installed)} (those installed; default: all)")  # fmt: skip

@@ -184,8 +184,7 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=None, help="a saved demo model (default: train one)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
     p.add_argument("--long-videos", type=int, default=3, help="held-out long videos (default: %(default)s)")
-    ints = lambda text: [int(k) for k in text.split(",")]  # noqa: E731
-    p.add_argument("--reread-windows", type=ints, default="1,4,16", help="re-reads' windows (default: %(default)s)")
+    p.add_argument("--reread-windows", type=harness.int_list, default="1,4,16", help="re-reads' windows")
     p.add_argument("--memory-hours", type=float, default=1.0, help="hours of memory stream (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=Path("runs/stream_vs_reread"), help="default: %(default)s")

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows, steps, last = [], [], {}
     with torch.no_grad():
         mamba(new, verb, noun, cache_params=cache)  # the stream's first call: questions cached
-        for history in args.histories:
+        for history in sorted(args.histories):
             while (seen := cache.seen_tokens) < history:  # prime the cache up to this history
                 chunk = torch.randn(1, min(PRIME_CHUNK, history - seen), width, device=dev)
                 mamba(chunk, None, None, cache_params=cache)
@@ -185,8 +185,8 @@ def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> No
 def main(argv: list[str] | None = None) -> None:
     quick = "histories 1k,2k,4k at width 128, window 2k, 5 repeats"
     p = harness.parser(__doc__, quick, repeats=7, threads=0, case_budget=120.0, wait_quiet=0.0)
-    lengths = lambda text: sorted(int(h) for h in text.split(","))  # noqa: E731
-    p.add_argument("--histories", type=lengths, default="1024,4096,16384,65536,262144,1048576", help="comma-separated")
+    histories = "1024,4096,16384,65536,262144,1048576"
+    p.add_argument("--histories", type=harness.int_list, default=histories, help="comma-separated token counts")
     p.add_argument("--hidden-size", type=int, default=768)
     p.add_argument("--window", type=int, default=16384, help="the transformer's window for (c, window)")
     p.add_argument("--device", default="cpu")
