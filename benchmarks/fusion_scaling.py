@@ -46,8 +46,7 @@ STAMP = "%Y-%m-%dT%H:%M:%S%z"
 CSV_FIELDS = [
     "device", "fusion", "video_tokens", "question_tokens", "hidden_size", "status", "fwd_ms", "fwd_bwd_ms",
     "fwd_repeats", "fwd_bwd_repeats", "fwd_peak_mib", "fwd_bwd_peak_mib", "fwd_bwd_faults", "memory_method",
-    "attention_kernel", "scan_backend", "threads", "cpu_per_wall", "malloc_env", "load_1min", "measured_at",
-    "reused",
+    "attention_kernel", "scan_backend", "threads", "cpu_per_wall", "malloc_env", "load_1min", "measured_at", "reused",
 ]  # fmt: skip
 
 
@@ -197,10 +196,7 @@ def linear_growth_checks(growth: dict[int, float], prefix: str) -> dict[str, Any
 
 def plot(rows: list[dict[str, Any]], path: Path, args: argparse.Namespace) -> None:
     """Log-log time (fwd and fwd+bwd) and peak memory against video tokens."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # here: the workers do not need it
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     panels = {"_ms": "time (ms)", "_peak_mib": "peak memory over baseline (MiB, 0 drawn at 0.1)"}
@@ -248,7 +244,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, kernels: str, l
         checks["mamba_growth_per_doubling"] = {str(k): v for k, v in growth.items()}
         checks.update(linear_growth_checks(growth, "mamba"))
     measured = list(ok.values())
-    shares = [r["cpu_per_wall"] for r in measured if r.get("cpu_per_wall") is not None]
+    shares = sorted(r["cpu_per_wall"] for r in measured if r.get("cpu_per_wall") is not None) or [None]
+    repeats = max((r["fwd_repeats"] for r in measured), default=args.repeats)
     machine = {**harness.machine_info(args.device), "torch_threads": rows[0].get("threads") if rows else "-"}
     malloc = "; ".join(sorted({r["malloc_env"] for r in measured if r.get("malloc_env")})) or "none"
     listed = {"Skipped or failed": [f"{r['fusion']} at {r['video_tokens']:,} tokens: {r['status']}"
@@ -260,21 +257,19 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, kernels: str, l
                   for r in rows if r["status"] == "contended"]}  # fmt: skip
     text = "\n".join([
         f"# Fusion scaling on {args.device}" + (" (--quick smoke run)" if args.quick else ""), "",
-        f"Mamba fusion vs transformer fusion ({args.depth}x4, PyTorch SDPA), width {args.hidden_size}, batch 1, "
-        f"float32, N video tokens + verb and noun questions of {args.question_tokens} tokens. Hardware: "
-        f"{harness.describe(machine)}. 1-minute load average: {load_note}.", "",
-        f"SDPA kernels of the transformer fusion (profiler, forward and backward): {kernels}; selective scan: "
-        f"{scan_backend(args.device)}. Timing: median of up to "
-        f"{max((r['fwd_repeats'] for r in measured), default=args.repeats)} runs after one warm-up (the CSV has the "
-        "run counts); forward under `torch.no_grad()`, forward+backward with input gradients. Peak memory: "
-        f"{rows[0]['memory_method'] if rows else '-'} (0: the forward fit in memory already touched). CPU seconds per "
-        f"wall second (about the thread count on free cores): {harness.fmt(min(shares, default=None), '{:.2f}')} "
-        f"to {harness.fmt(max(shares, default=None), '{:.2f}')}.", "",
+        f"Mamba fusion vs transformer fusion ({args.depth}x4, PyTorch SDPA: {kernels}), width {args.hidden_size}, "
+        f"batch 1, float32, N video tokens + verb and noun questions of {args.question_tokens} tokens; selective "
+        f"scan: {scan_backend(args.device)}. Hardware: {harness.describe(machine)}. 1-minute load average: "
+        f"{load_note}.", "",
+        f"Timing: median of up to {repeats} runs after one warm-up (the CSV has the run counts); forward under "
+        "`torch.no_grad()`, forward+backward with input gradients; CPU seconds per wall second "
+        f"{harness.fmt(shares[0], '{:.2f}')} to {harness.fmt(shares[-1], '{:.2f}')} (about the thread count on free "
+        "cores). Peak memory: "
+        f"{rows[0]['memory_method'] if rows else '-'} (0: the forward fit in memory already touched).", "",
         harness.markdown_table(header, table), "",
         "T/M: transformer time / Mamba time. Growth per doubling: Mamba fwd+bwd time at N / at N/2 (2.0 = linear). "
-        "Page faults: median minor page faults of one Mamba fwd+bwd (fresh 4 KiB pages the kernel zeroes and maps: "
-        "glibc's malloc gives freed blocks above 32 MiB back to the OS; `benchmarks/cpu_allocator.py` measures what "
-        f"that costs). glibc settings (`MALLOC_*`): {malloc}.", "", "Targets: " + json.dumps(checks), "",
+        "Page faults: median minor page faults of one Mamba fwd+bwd (`benchmarks/cpu_allocator.py` measures what "
+        f"they cost). glibc settings (`MALLOC_*`): {malloc}.", "", "Targets: " + json.dumps(checks), "",
         *(f"{title}: {'; '.join(items) or 'none'}\n" for title, items in listed.items()),
         f"Rerun: `python benchmarks/fusion_scaling.py{' --device cuda' if args.device != 'cpu' else ''}` "
         "(`--resume` re-measures only the contended or missing cases, `--report-only` rebuilds this page).", "",
@@ -309,8 +304,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stem = args.output_dir / f"fusion_scaling_{args.device}"
     csv_path = stem.with_suffix(".csv")
     if args.report_only:
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"--report-only needs {csv_path}, which does not exist")
         rows = harness.read_csv(csv_path)
         kernels = next((r["attention_kernel"] for r in rows if r.get("attention_kernel")), "-")
         load_note = "report rebuilt from the CSV (`--report-only`); see `load_1min` there for each case"
