@@ -3,13 +3,12 @@
 Compares the fusion modules alone (``mambavl.fusion.build_fusion`` with ``fusion_type="mamba"`` and
 ``"transformer"``, SDPA attention) at width 768, batch 1, float32, ``N`` video tokens (256 ... 16,384) and a verb and
 a noun question of 16 tokens: forward (``no_grad``) and forward+backward (``(verb + noun features).sum()``, inputs
-requiring gradients), time, peak memory and, for Mamba, the page faults of one forward+backward.
+requiring gradients), time, peak memory and, for Mamba, the page faults of one forward+backward. Each case runs in a
+fresh process on a quiet machine (``benchmarks/harness.py``); sizes predicted to pass ``--case-budget`` or
+``--time-budget`` are skipped.
 
 Targets (issue 5): the Mamba fusion's forward+backward at least 5x faster than the transformer's at the largest size
 both ran, and its time growing linearly: at most 2.3x per doubling of ``N`` from 1,024 tokens.
-
-Method (``benchmarks/harness.py``): every case in a fresh process, after waiting for a quiet machine, measured again
-if contended. Sizes predicted to pass ``--case-budget`` or ``--time-budget`` are skipped and listed.
 
 Usage::
 
@@ -140,14 +139,15 @@ def load_clean_rows(path: Path, args: argparse.Namespace) -> dict[tuple[str, int
     return clean
 
 
-def measure_all(args: argparse.Namespace, kernels: str, reuse: dict) -> list[dict[str, Any]]:
+def measure_all(args: argparse.Namespace, reuse: dict) -> list[dict[str, Any]]:
     """Every case in order of size (both fusions per size), in a fresh process, skipping those predicted too long."""
     rows, history, started = [], {f: [] for f in FUSIONS}, time.monotonic()
     cpu = args.device == "cpu"
     memory = "VmHWM - RSS before the runs, fresh process" if cpu else "max_memory_allocated - allocated before"
     setting = {"device": args.device, "question_tokens": args.question_tokens, "hidden_size": args.hidden_size,
                "memory_method": memory}  # fmt: skip
-    backends = {"mamba": {"attention_kernel": "", "scan_backend": scan_backend(args.device)},
+    kernels, scan = attention_kernels(args.device, args.hidden_size), scan_backend(args.device)
+    backends = {"mamba": {"attention_kernel": "", "scan_backend": scan},
                 "transformer": {"attention_kernel": kernels, "scan_backend": ""}}  # fmt: skip
     quiet = {"wait_quiet_s": args.wait_quiet if cpu else 0.0, "retries": 1 if cpu and args.wait_quiet else 0,
              "is_contended": lambda r: harness.contended(r, r["threads"])}  # fmt: skip
@@ -218,7 +218,7 @@ def plot(rows: list[dict[str, Any]], path: Path, args: argparse.Namespace) -> No
     plt.close(fig)
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, kernels: str, load_note: str) -> tuple[str, dict]:
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, load_note: str) -> tuple[str, dict]:
     """The Markdown page of a run (setting, table, targets, cases not measured cleanly) and the checked targets."""
     ok = {(r["fusion"], r["video_tokens"]): r for r in rows if r["status"] in MEASURED}
     sizes = sorted({r["video_tokens"] for r in rows})
@@ -247,6 +247,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, kernels: str, l
     shares = sorted(r["cpu_per_wall"] for r in measured if r.get("cpu_per_wall") is not None) or [None]
     repeats = max((r["fwd_repeats"] for r in measured), default=args.repeats)
     machine = {**harness.machine_info(args.device), "torch_threads": rows[0].get("threads") if rows else "-"}
+    kernels, scan = (next((r[k] for r in rows if r.get(k)), "-") for k in ("attention_kernel", "scan_backend"))
     malloc = "; ".join(sorted({r["malloc_env"] for r in measured if r.get("malloc_env")})) or "none"
     listed = {"Skipped or failed": [f"{r['fusion']} at {r['video_tokens']:,} tokens: {r['status']}"
                                     for r in rows if r["status"] not in MEASURED],
@@ -259,7 +260,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, kernels: str, l
         f"# Fusion scaling on {args.device}" + (" (--quick smoke run)" if args.quick else ""), "",
         f"Mamba fusion vs transformer fusion ({args.depth}x4, PyTorch SDPA: {kernels}), width {args.hidden_size}, "
         f"batch 1, float32, N video tokens + verb and noun questions of {args.question_tokens} tokens; selective "
-        f"scan: {scan_backend(args.device)}. Hardware: {harness.describe(machine)}. 1-minute load average: "
+        f"scan: {scan}. Hardware: {harness.describe(machine)}. 1-minute load average: "
         f"{load_note}.", "",
         f"Timing: median of up to {repeats} runs after one warm-up (the CSV has the run counts); forward under "
         "`torch.no_grad()`, forward+backward with input gradients; CPU seconds per wall second "
@@ -305,14 +306,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     csv_path = stem.with_suffix(".csv")
     if args.report_only:
         rows = harness.read_csv(csv_path)
-        kernels = next((r["attention_kernel"] for r in rows if r.get("attention_kernel")), "-")
         load_note = "report rebuilt from the CSV (`--report-only`); see `load_1min` there for each case"
     else:
         load_before = os.getloadavg()[0]
-        kernels = attention_kernels(args.device, args.hidden_size)
-        rows = measure_all(args, kernels, load_clean_rows(csv_path, args) if args.resume else {})
+        rows = measure_all(args, load_clean_rows(csv_path, args) if args.resume else {})
         load_note = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after this invocation"
-    text, checks = report(rows, args, kernels, load_note)
+    text, checks = report(rows, args, load_note)
     harness.write_results(args.output_dir, stem.name, markdown=text, csv_rows=rows, csv_fields=CSV_FIELDS)
     plot(rows, stem.with_suffix(".png"), args)
     print(text)
