@@ -1,7 +1,8 @@
 """What glibc's malloc costs the Mamba fusion on CPU at long sequences, and the setting that removes it.
 
-Compares the Mamba fusion of ``benchmarks/fusion_scaling.py`` (same case and timing; forward and forward+backward,
-width 768, batch 1, float32, 1,024 ... 16,384 video tokens) under two glibc settings:
+Compares the Mamba fusion of ``benchmarks/fusion_scaling.py`` (its worker: forward and forward+backward, width 768,
+batch 1, float32, 1,024 ... 16,384 video tokens; each case in ``--processes`` fresh processes, in rounds over all
+cases so that a slow moment of a shared machine does not land on one setting only) under two glibc settings:
 
 * ``default``: no ``MALLOC_*`` variable. glibc serves a block above its mmap threshold (adapting up to 32 MiB) with a
   fresh ``mmap`` and returns it on ``free``, so the next tensor of that size starts on pages the kernel must zero and
@@ -10,9 +11,6 @@ width 768, batch 1, float32, 1,024 ... 16,384 video tokens) under two glibc sett
   the heap and freed memory stays with the process (both are needed), for a higher peak memory.
 
 Target (issue 5): the forward+backward time grows at most 2.3x per doubling of the tokens, from 1,024 tokens.
-
-Method: every (size, setting) case in ``--processes`` fresh processes of fusion_scaling.py's worker, in rounds over
-all cases (a slow moment of a shared machine does not land on one setting only); medians over the processes.
 
 Usage::
 
