@@ -1,7 +1,8 @@
 """What glibc's malloc costs the Mamba fusion on CPU at long sequences, and the setting that removes it.
 
-Compares the Mamba fusion of ``benchmarks/fusion_scaling.py`` (same case and timing; forward and forward+backward,
-width 768, batch 1, float32, 1,024 ... 16,384 video tokens) under two glibc settings:
+Compares the Mamba fusion of ``benchmarks/fusion_scaling.py`` (its worker: forward and forward+backward, width 768,
+batch 1, float32, 1,024 ... 16,384 video tokens; each case in ``--processes`` fresh processes, in rounds over all
+cases so that a slow moment of a shared machine does not land on one setting only) under two glibc settings:
 
 * ``default``: no ``MALLOC_*`` variable. glibc serves a block above its mmap threshold (adapting up to 32 MiB) with a
   fresh ``mmap`` and returns it on ``free``, so the next tensor of that size starts on pages the kernel must zero and
@@ -10,10 +11,6 @@ width 768, batch 1, float32, 1,024 ... 16,384 video tokens) under two glibc sett
   the heap and freed memory stays with the process (both are needed), for a higher peak memory.
 
 Target (issue 5): the forward+backward time grows at most 2.3x per doubling of the tokens, from 1,024 tokens.
-
-Method (``benchmarks/harness.py``): every (size, setting) case in ``--processes`` fresh processes, in rounds over all
-cases (a slow moment of a shared machine does not land on one setting only), after waiting for a quiet machine; the
-table reports the median over processes of each process's median, the page faults of one run and the peak memory.
 
 Usage::
 
@@ -33,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fusion_scaling  # the sibling benchmark: one definition of the case and its timing
+import fusion_scaling  # the sibling benchmark: its worker measures every case here
 import harness
 
 SETTINGS: dict[str, dict[str, str]] = {
@@ -49,7 +46,7 @@ def worker_env(setting: str) -> dict[str, str]:
 
 def run_case(args: argparse.Namespace, tokens: int, setting: str) -> dict[str, Any]:
     """One (tokens, setting) case in a fresh ``fusion_scaling.py`` worker with the setting's environment."""
-    case = fusion_scaling.case_of(args.case_args, "mamba", tokens)
+    case = fusion_scaling.case_of(args, "mamba", tokens)
     result = harness.run_worker(fusion_scaling.__file__, case, env=worker_env(setting))
     expected = " ".join(f"{key}={value}" for key, value in sorted(SETTINGS[setting].items()))
     if result["malloc_env"] != expected:  # the setting must have reached the worker, or the comparison is void
@@ -57,15 +54,13 @@ def run_case(args: argparse.Namespace, tokens: int, setting: str) -> dict[str, A
     return result
 
 
-def summarize(results: dict[tuple[int, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per (tokens, setting): medians over the processes, and the per-process fwd+bwd times."""
-    median = statistics.median
-    return [{
-        "video_tokens": tokens, "setting": setting, "malloc_env": runs[0]["malloc_env"],
-        **{k: median(r[k] for r in runs) for k in ("fwd_ms", "fwd_bwd_ms", "fwd_bwd_faults", "fwd_bwd_peak_mib")},
-        "min_cpu_per_wall": min(r["cpu_per_wall"] for r in runs), "threads": runs[0]["threads"],
-        "fwd_bwd_ms_per_process": [r["fwd_bwd_ms"] for r in runs],
-    } for (tokens, setting), runs in results.items()]  # fmt: skip
+def summarize(runs: list[dict[str, Any]], tokens: int, setting: str) -> dict[str, Any]:
+    """One row of a (tokens, setting) case: medians over its processes, and each process's fwd+bwd time."""
+    return {"video_tokens": tokens, "setting": setting, "malloc_env": runs[0]["malloc_env"],
+            **{k: statistics.median(r[k] for r in runs) for k in ("fwd_ms", "fwd_bwd_ms", "fwd_bwd_faults",
+                                                                   "fwd_bwd_peak_mib")},
+            "min_cpu_per_wall": min(r["cpu_per_wall"] for r in runs), "threads": runs[0]["threads"],
+            "fwd_bwd_ms_per_process": [r["fwd_bwd_ms"] for r in runs]}  # fmt: skip
 
 
 def report(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -75,12 +70,10 @@ def report(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     growth = {s: fusion_scaling.growth_per_doubling(sizes, {n: by[(n, s)]["fwd_bwd_ms"] for n in sizes})
               for s in SETTINGS}  # fmt: skip
     ratio = {n: by[(n, "default")]["fwd_bwd_ms"] / by[(n, "retain")]["fwd_bwd_ms"] for n in sizes}
+    cells = {"fwd_ms": "{:.1f}", "fwd_bwd_ms": "{:.1f}", "fwd_bwd_faults": "{:,.0f}", "fwd_bwd_peak_mib": "{:.0f}"}
     table = [
-        [f"{n:,}"]
-        + [f"{by[(n, s)][k]:{spec}}" for s in SETTINGS for k, spec in (("fwd_ms", ".1f"), ("fwd_bwd_ms", ".1f"),
-                                                                        ("fwd_bwd_faults", ",.0f"),
-                                                                        ("fwd_bwd_peak_mib", ".0f"))]
-        + [f"{ratio[n]:.2f}x"] + [harness.fmt(growth[s].get(n), "{:.2f}x") for s in SETTINGS]
+        [f"{n:,}", *(spec.format(by[(n, s)][k]) for s in SETTINGS for k, spec in cells.items()), f"{ratio[n]:.2f}x",
+         *(harness.fmt(growth[s].get(n), "{:.2f}x") for s in SETTINGS)]
         for n in sizes
     ]  # fmt: skip
     header = ["video tokens", "default fwd (ms)", "default fwd+bwd (ms)", "faults per fwd+bwd", "peak (MiB)",
@@ -92,48 +85,31 @@ def report(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return harness.markdown_table(header, table), checks
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = harness.parser(__doc__, "tiny sizes, one process each, for a smoke test", repeats=3, processes=3, threads=0,
+                       case_budget=120.0, wait_quiet=300.0)  # fmt: skip
     p.add_argument("--tokens", type=int, nargs="+", help="video token counts (default: 1024, 2048, ..., 16384)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per process after a warm-up (default: 3)")
-    p.add_argument("--processes", type=int, default=3, help="fresh processes per (size, setting) (default: 3)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per case (default: torch's)")
-    p.add_argument("--wait-quiet", type=float, default=None, help="seconds to wait for quiet (default 300; quick 0)")
-    p.add_argument("--hidden-size", type=int, default=768)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, one process each, for a smoke test")
-    p.add_argument("--output-dir", type=Path, default=fusion_scaling.RESULTS_DIR)
+    p.add_argument("--hidden-size", type=int, default=768, help="fusion width (default: %(default)s)")
     args = p.parse_args(argv)
     if args.quick:
-        args.tokens, args.hidden_size, args.repeats, args.processes = args.tokens or [32, 64], 64, 1, 1
-    args.tokens = sorted(set(args.tokens or [1024 * 2**i for i in range(5)]))
-    args.wait_quiet = (0.0 if args.quick else 300.0) if args.wait_quiet is None else args.wait_quiet
-    for name, value in (("repeats", args.repeats), ("processes", args.processes), ("tokens", min(args.tokens))):
-        if value < 1:
-            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    case = ["--hidden-size", str(args.hidden_size), "--repeats", str(args.repeats)]
-    case += ["--question-tokens", "4"] if args.quick else []
-    case += ["--threads", str(args.threads)] if args.threads else []
-    args.case_args = fusion_scaling.parse_args(case)
-    return args
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        args.hidden_size, args.repeats, args.processes, args.wait_quiet = 64, 1, 1, 0.0
+    args.tokens = sorted(set(args.tokens or ([32, 64] if args.quick else [1024 * 2**i for i in range(5)])))
+    if min(args.tokens) < 1 or args.repeats < 1 or args.processes < 1:
+        p.error("--tokens, --repeats and --processes must be at least 1")
+    # the rest of fusion_scaling.py's case: CPU, its question length (4 tokens with --quick), depth (unused by Mamba)
+    args.device, args.question_tokens, args.depth = "cpu", 4 if args.quick else 16, 6
+    started = time.strftime(fusion_scaling.STAMP)
     cases = [(n, s) for n in args.tokens for s in SETTINGS]
     runs = harness.in_rounds(cases, lambda c: run_case(args, *c), processes=args.processes,
                              wait_quiet_s=args.wait_quiet)  # fmt: skip
-    rows = summarize(runs)
+    rows = [summarize(case_runs, *case) for case, case_runs in runs.items()]
     table, checks = report(rows)
-    spread = [
-        f"{r['setting']} at {r['video_tokens']:,}: " + ", ".join(f"{ms:.0f}" for ms in r["fwd_bwd_ms_per_process"])
-        for r in rows
-        if max(r["fwd_bwd_ms_per_process"]) > 1.2 * min(r["fwd_bwd_ms_per_process"])
-    ]
+    spread = [f"{r['setting']} at {r['video_tokens']:,}: " + ", ".join(f"{ms:.0f}" for ms in times)
+              for r in rows for times in [r["fwd_bwd_ms_per_process"]] if max(times) > 1.2 * min(times)]  # fmt: skip
     text = "\n".join([
         "# glibc malloc and the Mamba fusion on CPU" + (" (--quick smoke run)" if args.quick else ""), "",
         f"Mamba fusion (`fusion_type=\"mamba\"`, one layer), width {args.hidden_size}, batch 1, float32, N video "
-        f"tokens + two {args.case_args.question_tokens}-token questions; selective scan: "
+        f"tokens + two {args.question_tokens}-token questions; selective scan: "
         f"{fusion_scaling.scan_backend('cpu')}; {args.threads or 'all'} threads; {args.processes} fresh process(es) "
         f"per case, medians over processes of each process's median of {args.repeats} runs (after a warm-up). "
         f"Measured from {started}.", "",
@@ -141,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + " ".join(f"`{k}={v}`" for k, v in SETTINGS["retain"].items()) + ".",
         "Faults: median minor page faults of one fwd+bwd run. Peak: max RSS over the process's own baseline.", "",
         table, "", "Checks: " + json.dumps(checks), "",
-        "Processes more than 1.2x apart (fwd+bwd ms): " + ("; ".join(spread) if spread else "none"), "",
+        "Processes more than 1.2x apart (fwd+bwd ms): " + ("; ".join(spread) or "none"), "",
         "Rerun: `python benchmarks/cpu_allocator.py`.", "",
     ])  # fmt: skip
     payload = {"setting": "quick" if args.quick else "full", "measured_at": started, "rows": rows, "checks": checks}

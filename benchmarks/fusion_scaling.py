@@ -3,21 +3,17 @@
 Compares the fusion modules alone (``mambavl.fusion.build_fusion`` with ``fusion_type="mamba"`` and
 ``"transformer"``, SDPA attention) at width 768, batch 1, float32, ``N`` video tokens (256 ... 16,384) and a verb and
 a noun question of 16 tokens: forward (``no_grad``) and forward+backward (``(verb + noun features).sum()``, inputs
-requiring gradients), time, peak memory and, for Mamba, the page faults of one forward+backward.
+requiring gradients), time, peak memory and, for Mamba, the page faults of one forward+backward. Each case runs in a
+fresh process on a quiet machine (``benchmarks/harness.py``); sizes predicted to pass ``--case-budget`` or
+``--time-budget`` are skipped.
 
 Targets (issue 5): the Mamba fusion's forward+backward at least 5x faster than the transformer's at the largest size
 both ran, and its time growing linearly: at most 2.3x per doubling of ``N`` from 1,024 tokens.
 
-Method (``benchmarks/harness.py``): every (fusion, tokens) case in a fresh process, after waiting for a quiet machine
-(``--wait-quiet``); one warm-up, then the median of up to ``--repeats`` runs within ``--case-budget``. A case that got
-less than 85% of its threads' CPU time runs once more, and is marked ``contended`` if it stays so. Peak memory: over
-what the process held after building the module and the inputs (CPU: resident set; CUDA: allocated memory). Sizes
-predicted to pass ``--case-budget`` or ``--time-budget`` are skipped and listed.
-
 Usage::
 
-    python benchmarks/fusion_scaling.py                        # CPU: writes benchmarks/results/fusion_scaling_cpu.*
-    python benchmarks/fusion_scaling.py --device cuda          # CUDA: fusion_scaling_cuda.*
+    python benchmarks/fusion_scaling.py --repeats 7         # CPU: writes benchmarks/results/fusion_scaling_cpu.*
+    python benchmarks/fusion_scaling.py --device cuda       # CUDA: fusion_scaling_cuda.*
     python benchmarks/fusion_scaling.py --quick --output-dir /tmp/scaling    # tiny smoke run
 """
 
@@ -33,43 +29,41 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mambavl import MambaVLConfig
+from mambavl.fusion import build_fusion
+from mambavl.ops import resolve_backend
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FUSIONS = ("mamba", "transformer")
 MEASURED = ("ok", "contended")
+STAMP = "%Y-%m-%dT%H:%M:%S%z"
 CSV_FIELDS = [
     "device", "fusion", "video_tokens", "question_tokens", "hidden_size", "status", "fwd_ms", "fwd_bwd_ms",
     "fwd_repeats", "fwd_bwd_repeats", "fwd_peak_mib", "fwd_bwd_peak_mib", "fwd_bwd_faults", "memory_method",
-    "attention_kernel", "scan_backend", "threads", "cpu_per_wall", "malloc_env", "load_1min", "measured_at",
-    "reused",
+    "attention_kernel", "scan_backend", "threads", "cpu_per_wall", "malloc_env", "load_1min", "measured_at", "reused",
 ]  # fmt: skip
 
 
-def build_case(fusion_type: str, tokens: int, hidden_size: int, question_tokens: int, depth: int, device: str):
+def build_case(case: dict[str, Any]) -> tuple[torch.nn.Module, list[torch.Tensor]]:
     """The fusion module (PyTorch's default init) and its inputs ``(video, verb, noun)``, each ``(1, tokens, D)``."""
-    import torch
-
-    from mambavl import MambaVLConfig
-    from mambavl.fusion import build_fusion
-
-    config = MambaVLConfig(hidden_size=hidden_size, video_feature_size=hidden_size, fusion_type=fusion_type,
-                           fusion_transformer_depth=depth, fusion_transformer_heads=4)  # fmt: skip
+    width, device = case["hidden_size"], case["device"]
+    config = MambaVLConfig(hidden_size=width, video_feature_size=width, fusion_type=case["fusion"],
+                           fusion_transformer_depth=case["depth"], fusion_transformer_heads=4)  # fmt: skip
     torch.manual_seed(0)
-    inputs = [torch.randn(1, n, hidden_size, device=device) for n in (tokens, question_tokens, question_tokens)]
-    return build_fusion(config).to(device), inputs
+    sizes = (case["tokens"], case["question_tokens"], case["question_tokens"])
+    return build_fusion(config).to(device), [torch.randn(1, n, width, device=device) for n in sizes]
 
 
 def measure(case: dict[str, Any]) -> dict[str, Any]:
     """One (fusion, tokens) case in this process (a fresh one): forward, then forward+backward."""
-    import torch
-
     if case["threads"]:
         torch.set_num_threads(case["threads"])
-    device = case["device"]
-    fusion, inputs = build_case(case["fusion"], case["tokens"], case["hidden_size"], case["question_tokens"],
-                                case["depth"], device)  # fmt: skip
+    fusion, inputs = build_case(case)
     leaves = [x.detach().requires_grad_(True) for x in inputs]
 
     def forward() -> None:
@@ -81,8 +75,8 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         out = fusion(*leaves)
         (out.verb_features.sum() + out.noun_features.sum()).backward()
 
-    timing = {"repeats": case["repeats"], "budget_s": case["case_budget"] / 2, "device": device}
-    with harness.PeakMemory(device) as peak:  # the forward runs first: fwd+bwd's larger peak reads the same mark
+    timing = {"repeats": case["repeats"], "budget_s": case["case_budget"] / 2, "device": case["device"]}
+    with harness.PeakMemory(case["device"]) as peak:  # the forward first: fwd+bwd's larger peak reads the same mark
         fwd = harness.time_call(forward, **timing)
         fwd_peak = peak.mib()
         fwd_bwd = harness.time_call(forward_backward, **timing)
@@ -91,18 +85,16 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         "fwd_ms": fwd["median_ms"], "fwd_bwd_ms": fwd_bwd["median_ms"], "fwd_repeats": fwd["samples"],
         "fwd_bwd_repeats": fwd_bwd["samples"], "fwd_peak_mib": fwd_peak, "fwd_bwd_peak_mib": peak.mib(),
         "fwd_bwd_faults": fwd_bwd["faults_per_call"], "threads": torch.get_num_threads(),
-        "cpu_per_wall": min(shares) if shares else None, "malloc_env": harness.machine_info()["malloc_env"],
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu_per_wall": min(shares, default=None), "malloc_env": harness.machine_info()["malloc_env"],
+        "measured_at": time.strftime(STAMP),
     }  # fmt: skip
 
 
 def attention_kernels(device: str, hidden_size: int) -> str:
     """The SDPA kernels the transformer fusion runs on ``device`` (forward and backward), read from the profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fusion, inputs = build_case("transformer", 64, hidden_size, 16, 1, device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    with profile(activities=activities) as prof:
+    case = {"fusion": "transformer", "tokens": 64, "question_tokens": 16, "depth": 1}
+    fusion, inputs = build_case({**case, "hidden_size": hidden_size, "device": device})
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device == "cuda")) as prof:
         fusion(*[x.requires_grad_(True) for x in inputs]).verb_features.sum().backward()
     names = sorted({e.key for e in prof.key_averages() if "attention" in e.key and "scaled_dot_product" in e.key})
     return ", ".join(n for n in names if n != "aten::scaled_dot_product_attention") or "math (unfused)"
@@ -110,10 +102,6 @@ def attention_kernels(device: str, hidden_size: int) -> str:
 
 def scan_backend(device: str) -> str:
     """The selective-scan backend ``"auto"`` picks for float32 inputs on ``device``."""
-    import torch
-
-    from mambavl.ops import resolve_backend
-
     picked = resolve_backend("auto", torch.empty(1, device=device))
     return "cuda (mamba-ssm kernel)" if picked == "cuda" else "torch (pure PyTorch, chunked)"
 
@@ -130,77 +118,63 @@ def predict_seconds(history: list[tuple[int, float]], tokens: int, fusion: str) 
         return None
     t1, ms1 = history[-1]
     exponent = 2.0 if fusion == "transformer" else 1.0  # attention is quadratic, the scan linear
-    if len(history) > 1 and history[-2][1] > 0:
+    if len(history) > 1:
         t0, ms0 = history[-2]
         exponent = max(1.0, min(2.0, math.log(ms1 / ms0) / math.log(t1 / t0)))
     return ms1 / 1e3 * (tokens / t1) ** exponent
 
 
 def load_clean_rows(path: Path, args: argparse.Namespace) -> dict[tuple[str, int], dict[str, Any]]:
-    """``--resume``: the uncontended, measured rows of an earlier run's CSV with this run's setting (device, width,
-    question tokens and, when given, threads), keyed by ``(fusion, tokens)``; rows without a ``measured_at`` get the
-    file's time."""
+    """``--resume``: the uncontended, measured rows of an earlier CSV with this run's device, width, question tokens
+    and (when given) threads, keyed by ``(fusion, tokens)``; rows without ``measured_at`` get the file's time."""
     if not path.is_file():
         return {}
-    written = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
-    clean = {}
+    written = time.strftime(STAMP, time.localtime(path.stat().st_mtime))
+    wanted, clean = (args.device, args.hidden_size, args.question_tokens, args.threads), {}
     for row in harness.read_csv(path):
-        setting = (row["device"], row["hidden_size"], row["question_tokens"])
-        if row["status"] != "ok" or setting != (args.device, args.hidden_size, args.question_tokens):
-            continue
-        if args.threads is not None and row.get("threads") != args.threads:
-            continue
-        if not args.device.startswith("cuda") and harness.contended(row, row.get("threads") or 1):
-            continue
-        clean[(row["fusion"], row["video_tokens"])] = {
-            **row, "reused": "yes", "measured_at": row.get("measured_at") or f"before {written} (file time)",
-        }  # fmt: skip
+        setting = (row["device"], row["hidden_size"], row["question_tokens"], args.threads and row.get("threads"))
+        if row["status"] == "ok" and setting == wanted and not harness.contended(row, row.get("threads") or 1):
+            when = row.get("measured_at") or f"before {written} (file time)"
+            clean[(row["fusion"], row["video_tokens"])] = {**row, "reused": "yes", "measured_at": when}
     return clean
 
 
-def measure_all(args: argparse.Namespace, kernels: str, reuse: dict) -> list[dict[str, Any]]:
-    """Every case in order of size (both fusions per size), skipping those predicted too long."""
+def measure_all(args: argparse.Namespace, reuse: dict) -> list[dict[str, Any]]:
+    """Every case in order of size (both fusions per size), in a fresh process, skipping those predicted too long."""
     rows, history, started = [], {f: [] for f in FUSIONS}, time.monotonic()
-    cpu = not args.device.startswith("cuda")
-    backend = scan_backend(args.device)
-    method = "VmHWM - RSS before the runs, fresh process" if cpu else "max_memory_allocated - allocated before"
+    cpu = args.device == "cpu"
+    memory = "VmHWM - RSS before the runs, fresh process" if cpu else "max_memory_allocated - allocated before"
+    setting = {"device": args.device, "question_tokens": args.question_tokens, "hidden_size": args.hidden_size,
+               "memory_method": memory}  # fmt: skip
+    kernels, scan = attention_kernels(args.device, args.hidden_size), scan_backend(args.device)
+    backends = {"mamba": {"attention_kernel": "", "scan_backend": scan},
+                "transformer": {"attention_kernel": kernels, "scan_backend": ""}}  # fmt: skip
+    quiet = {"wait_quiet_s": args.wait_quiet if cpu else 0.0, "retries": 1 if cpu and args.wait_quiet else 0,
+             "is_contended": lambda r: harness.contended(r, r["threads"])}  # fmt: skip
     for tokens, fusion in itertools.product(args.tokens, FUSIONS):
-        row = {"device": args.device, "fusion": fusion, "video_tokens": tokens, "memory_method": method,
-               "question_tokens": args.question_tokens, "hidden_size": args.hidden_size,
-               "attention_kernel": kernels if fusion == "transformer" else "",
-               "scan_backend": backend if fusion == "mamba" else ""}  # fmt: skip
+        row = {**setting, "fusion": fusion, "video_tokens": tokens, **backends[fusion]}
         predicted, elapsed = predict_seconds(history[fusion], tokens, fusion), time.monotonic() - started
         if (fusion, tokens) in reuse:
-            row, reason = reuse[(fusion, tokens)], None
-        elif tokens > args.max_tokens[fusion]:
-            reason = f"above --max-tokens ({args.max_tokens[fusion]})"
-        elif predicted is not None and predicted > 2 * args.case_budget:
-            reason = f"predicted {predicted:.0f}s per run pair > 2 x --case-budget ({args.case_budget:.0f}s)"
-        elif predicted is not None and elapsed + predicted * 2 > args.time_budget:
-            reason = f"would pass --time-budget ({args.time_budget:.0f}s; {elapsed:.0f}s used)"
+            row = reuse[(fusion, tokens)]
+        elif predicted and predicted > 2 * args.case_budget:
+            row["status"] = (f"skipped: predicted {predicted:.0f}s per run pair > 2 x --case-budget "
+                             f"({args.case_budget:.0f}s)")  # fmt: skip
+        elif predicted and elapsed + 2 * predicted > args.time_budget:
+            row["status"] = f"skipped: would pass --time-budget ({args.time_budget:.0f}s; {elapsed:.0f}s used)"
         else:
-            load = os.getloadavg()[0]
+            row["load_1min"], case = os.getloadavg()[0], case_of(args, fusion, tokens)
             try:
-                result = harness.run_quietly(
-                    lambda f=fusion, t=tokens: harness.run_worker(__file__, case_of(args, f, t)),
-                    wait_quiet_s=args.wait_quiet if cpu else 0, retries=1 if cpu and args.wait_quiet else 0,
-                    is_contended=lambda r: cpu and harness.contended(r, r["threads"]),
-                )  # fmt: skip
+                row.update(harness.run_quietly(lambda case=case: harness.run_worker(__file__, case), **quiet))
+                row["status"] = "contended" if harness.contended(row, row["threads"]) else "ok"  # never on CUDA
+                started += row["waited_for_quiet_s"]  # waiting does not count against --time-budget
             except RuntimeError as exc:
                 print(exc, file=sys.stderr)
-                rows.append({**row, "status": "failed"})
-                continue
-            started += result["waited_for_quiet_s"]  # waiting does not count against --time-budget
-            status = "contended" if cpu and harness.contended(result, result["threads"]) else "ok"
-            row, reason = {**row, **result, "status": status, "load_1min": load}, None
-        if reason:
-            print(f"skip {fusion} at {tokens} tokens: {reason}", file=sys.stderr)
-            rows.append({**row, "status": f"skipped: {reason}"})
-            continue
+                row["status"] = "failed"
         rows.append(row)
-        history[fusion].append((tokens, row["fwd_ms"] + row["fwd_bwd_ms"]))
-        print(f"{fusion:<11} {tokens:6d} tokens: fwd {row['fwd_ms']:9.1f} ms, fwd+bwd {row['fwd_bwd_ms']:9.1f} ms "
-              f"({row['status']})", file=sys.stderr)  # fmt: skip
+        if row["status"] in MEASURED:
+            history[fusion].append((tokens, row["fwd_ms"] + row["fwd_bwd_ms"]))
+        times = f"fwd {row['fwd_ms']:.1f} ms, fwd+bwd {row['fwd_bwd_ms']:.1f} ms " if "fwd_ms" in row else ""
+        print(f"{fusion} at {tokens} tokens: {times}({row['status']})", file=sys.stderr)
     return rows
 
 
@@ -220,8 +194,32 @@ def linear_growth_checks(growth: dict[int, float], prefix: str) -> dict[str, Any
             f"{prefix}_growth_at_most_2.3x": worst <= 2.3}  # fmt: skip
 
 
-def summary_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """Markdown table with the transformer/Mamba ratios and Mamba's growth per doubling, and the checked targets."""
+def plot(rows: list[dict[str, Any]], path: Path, args: argparse.Namespace) -> None:
+    """Log-log time (fwd and fwd+bwd) and peak memory against video tokens."""
+    import matplotlib.pyplot as plt  # here: the workers do not need it
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = {"_ms": "time (ms)", "_peak_mib": "peak memory over baseline (MiB, 0 drawn at 0.1)"}
+    for ax, (suffix, ylabel) in zip(axes, panels.items(), strict=True):
+        for fusion, color in zip(FUSIONS, ("tab:green", "tab:red"), strict=True):
+            done = [r for r in rows if r["fusion"] == fusion and r["status"] in MEASURED]  # in order of size
+            label = "Mamba fusion" if fusion == "mamba" else f"Transformer {args.depth}x4 (SDPA)"
+            for mode, style in (("fwd", "o--"), ("fwd_bwd", "s-")):  # a peak of 0 is drawn at 0.1 on the log axis
+                ax.plot([r["video_tokens"] for r in done], [max(r[mode + suffix], 0.1) for r in done], style,
+                        color=color, label=f"{label} {mode.replace('_', '+')}")  # fmt: skip
+        ax.set(yscale="log", xlabel=f"video tokens (+ {args.question_tokens}-token questions)", ylabel=ylabel)
+        ax.set_xscale("log", base=2)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title(f"Fusion time, width {args.hidden_size}, batch 1, float32, {args.device}", fontsize=10)
+    axes[1].set_title("Peak memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, load_note: str) -> tuple[str, dict]:
+    """The Markdown page of a run (setting, table, targets, cases not measured cleanly) and the checked targets."""
     ok = {(r["fusion"], r["video_tokens"]): r for r in rows if r["status"] in MEASURED}
     sizes = sorted({r["video_tokens"] for r in rows})
     growth = growth_per_doubling(sizes, {n: r["fwd_bwd_ms"] for (f, n), r in ok.items() if f == "mamba"})
@@ -238,52 +236,19 @@ def summary_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
               "T/M fwd", "T/M fwd+bwd", "Mamba fwd+bwd growth per doubling", "Mamba peak fwd+bwd (MiB)",
               "Transf. peak fwd+bwd (MiB)", "Mamba page faults per fwd+bwd"]  # fmt: skip
     common = [n for n in sizes if ("mamba", n) in ok and ("transformer", n) in ok]
-    checks: dict[str, Any] = {"largest_common_tokens": max(common) if common else None}
+    checks: dict[str, Any] = {"largest_common_tokens": max(common, default=None)}
     if common:
-        speedup = ok[("transformer", max(common))]["fwd_bwd_ms"] / ok[("mamba", max(common))]["fwd_bwd_ms"]
+        speedup = ok[("transformer", common[-1])]["fwd_bwd_ms"] / ok[("mamba", common[-1])]["fwd_bwd_ms"]
         checks.update(fwd_bwd_speedup_at_largest=speedup, speedup_at_least_5x=speedup >= 5)
     if growth:
         checks["mamba_growth_per_doubling"] = {str(k): v for k, v in growth.items()}
         checks.update(linear_growth_checks(growth, "mamba"))
-    return harness.markdown_table(header, table), checks
-
-
-def plot(rows: list[dict[str, Any]], path: Path, args: argparse.Namespace) -> None:
-    """Log-log time (fwd and fwd+bwd) and peak memory against video tokens."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for fusion, color in zip(FUSIONS, ("tab:green", "tab:red"), strict=True):
-        done = sorted((r for r in rows if r["fusion"] == fusion and r["status"] in MEASURED),
-                      key=lambda r: r["video_tokens"])  # fmt: skip
-        label = "Mamba fusion" if fusion == "mamba" else f"Transformer {args.depth}x4 (SDPA)"
-        for ax, keys in zip(axes, (("fwd_ms", "fwd_bwd_ms"), ("fwd_peak_mib", "fwd_bwd_peak_mib")), strict=True):
-            for key, style, mode in zip(keys, ("o--", "s-"), ("fwd", "fwd+bwd"), strict=True):
-                values = [max(r[key], 0.1) for r in done]  # a peak of 0 is drawn at 0.1 on the log axis
-                ax.plot([r["video_tokens"] for r in done], values, style, color=color, label=f"{label} {mode}")
-    for ax, ylabel in zip(axes, ("time (ms)", "peak memory over baseline (MiB, 0 drawn at 0.1)"), strict=True):
-        ax.set(xscale="log", yscale="log", xlabel=f"video tokens (+ {args.question_tokens}-token questions)",
-               ylabel=ylabel)  # fmt: skip
-        ax.set_xscale("log", base=2)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_title(f"Fusion time, width {args.hidden_size}, batch 1, float32, {args.device}", fontsize=10)
-    axes[1].set_title("Peak memory")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, kernels: str, load_note: str) -> tuple[str, dict]:
-    """The Markdown page of a run: setting, table, targets, skipped / reused / contended cases."""
-    table, checks = summary_table(rows)
-    measured = [r for r in rows if r["status"] in MEASURED]
-    shares = [r["cpu_per_wall"] for r in measured if r.get("cpu_per_wall") is not None]
-    machine = harness.machine_info(args.device)
+    measured = list(ok.values())
+    shares = sorted(r["cpu_per_wall"] for r in measured if r.get("cpu_per_wall") is not None) or [None]
     repeats = max((r["fwd_repeats"] for r in measured), default=args.repeats)
+    machine = {**harness.machine_info(args.device), "torch_threads": rows[0].get("threads") if rows else "-"}
+    kernels, scan = (next((r[k] for r in rows if r.get(k)), "-") for k in ("attention_kernel", "scan_backend"))
+    malloc = "; ".join(sorted({r["malloc_env"] for r in measured if r.get("malloc_env")})) or "none"
     listed = {"Skipped or failed": [f"{r['fusion']} at {r['video_tokens']:,} tokens: {r['status']}"
                                     for r in rows if r["status"] not in MEASURED],
               "Kept from an earlier run (`--resume`; see `measured_at` in the CSV)": [
@@ -293,24 +258,19 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, kernels: str, l
                   for r in rows if r["status"] == "contended"]}  # fmt: skip
     text = "\n".join([
         f"# Fusion scaling on {args.device}" + (" (--quick smoke run)" if args.quick else ""), "",
-        f"Mamba fusion vs transformer fusion ({args.depth}x4, PyTorch SDPA), width {args.hidden_size}, batch 1, "
-        f"float32, N video tokens + verb and noun questions of {args.question_tokens} tokens. Hardware: "
-        f"{machine.get('device_name') or machine['cpu']}, {machine['logical_cpus']} CPUs; torch {machine['torch']}, "
-        f"{rows[0].get('threads') if rows else '-'} threads. 1-minute load average: {load_note}.", "",
-        f"SDPA kernels of the transformer fusion (profiler, forward and backward): {kernels}; selective scan: "
-        f"{scan_backend(args.device)}. Timing: median of up to {repeats} runs after one warm-up (the CSV has the "
-        "run counts); forward under `torch.no_grad()`, forward+backward with input gradients. Peak memory: "
-        f"{rows[0]['memory_method'] if rows else '-'} (0: the forward fit in memory already touched). CPU seconds per "
-        f"wall second (about the thread count on free cores): {harness.fmt(min(shares, default=None), '{:.2f}')} "
-        f"to {harness.fmt(max(shares, default=None), '{:.2f}')}.", "",
-        table, "",
+        f"Mamba fusion vs transformer fusion ({args.depth}x4, PyTorch SDPA: {kernels}), width {args.hidden_size}, "
+        f"batch 1, float32, N video tokens + verb and noun questions of {args.question_tokens} tokens; selective "
+        f"scan: {scan}. Hardware: {harness.describe(machine)}. 1-minute load average: "
+        f"{load_note}.", "",
+        f"Timing: median of up to {repeats} runs after one warm-up (the CSV has the run counts); forward under "
+        "`torch.no_grad()`, forward+backward with input gradients; CPU seconds per wall second "
+        f"{harness.fmt(shares[0], '{:.2f}')} to {harness.fmt(shares[-1], '{:.2f}')} (about the thread count on free "
+        "cores). Peak memory: "
+        f"{rows[0]['memory_method'] if rows else '-'} (0: the forward fit in memory already touched).", "",
+        harness.markdown_table(header, table), "",
         "T/M: transformer time / Mamba time. Growth per doubling: Mamba fwd+bwd time at N / at N/2 (2.0 = linear). "
-        "Page faults: median minor page faults of one Mamba fwd+bwd, each a fresh 4 KiB page the kernel zeroes and "
-        "maps (about 1 us each here). glibc's malloc gives every freed block above 32 MiB back to the OS, so the "
-        "fusion's largest tensors fault on every run once they pass 32 MiB (at width 768: from about 2,700 tokens); "
-        "`benchmarks/cpu_allocator.py` measures what that costs and how to avoid it. glibc settings (`MALLOC_*`): "
-        + ("; ".join(sorted({r["malloc_env"] for r in measured if r.get("malloc_env")})) or "none") + ".", "",
-        "Targets: " + json.dumps(checks), "",
+        "Page faults: median minor page faults of one Mamba fwd+bwd (`benchmarks/cpu_allocator.py` measures what "
+        f"they cost). glibc settings (`MALLOC_*`): {malloc}.", "", "Targets: " + json.dumps(checks), "",
         *(f"{title}: {'; '.join(items) or 'none'}\n" for title, items in listed.items()),
         f"Rerun: `python benchmarks/fusion_scaling.py{' --device cuda' if args.device != 'cpu' else ''}` "
         "(`--resume` re-measures only the contended or missing cases, `--report-only` rebuilds this page).", "",
@@ -319,36 +279,21 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, kernels: str, l
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p = harness.parser(__doc__, "tiny sizes, for a smoke test", repeats=3, threads=0, case_budget=120.0,
+                       wait_quiet=300.0)  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--tokens", type=int, nargs="+", help="video token counts (default: 256, 512, ..., 16384)")
-    p.add_argument("--max-tokens", type=int, default=None, help="skip sizes above this (both fusions)")
-    p.add_argument("--max-tokens-transformer", type=int, default=None, help="skip transformer sizes above this")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per case after a warm-up (default: 3)")
-    p.add_argument("--case-budget", type=float, default=120.0, help="seconds of runs per case (default: 120)")
+    p.add_argument("--hidden-size", type=int, default=768, help="fusion width (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=840.0, help="stop starting cases after this many seconds")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per case (default: torch's)")
-    p.add_argument("--wait-quiet", type=float, default=None, help="seconds to wait for quiet (default 300; quick 0)")
     p.add_argument("--resume", action="store_true", help="keep the uncontended rows of the existing CSV")
     p.add_argument("--report-only", action="store_true", help="measure nothing: rebuild .md and .png from the CSV")
-    p.add_argument("--hidden-size", type=int, default=768)
-    p.add_argument("--question-tokens", type=int, default=16)
-    p.add_argument("--depth", type=int, default=6, help="transformer fusion depth (default: 6; heads: 4)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    p.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.question_tokens, args.depth = (4, 2) if args.quick else (16, 6)  # the transformer has 4 heads
     if args.quick:
-        args.tokens = args.tokens or [32, 64]
-        args.hidden_size, args.depth, args.repeats, args.question_tokens = 64, 2, 2, 4
-    args.tokens = sorted(set(args.tokens or [256 * 2**i for i in range(7)]))
-    args.wait_quiet = (0.0 if args.quick else 300.0) if args.wait_quiet is None else args.wait_quiet
-    for name, value in (("tokens", min(args.tokens)), ("threads", args.threads or 1), ("repeats", args.repeats)):
-        if value < 1:
-            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    inf = math.inf
-    args.max_tokens = {"mamba": args.max_tokens or inf,
-                       "transformer": min(args.max_tokens or inf, args.max_tokens_transformer or inf)}  # fmt: skip
+        args.hidden_size, args.repeats, args.wait_quiet = 64, 2, 0.0
+    args.tokens = sorted(set(args.tokens or ([32, 64] if args.quick else [256 * 2**i for i in range(7)])))
+    if min(args.tokens) < 1 or args.repeats < 1 or args.threads < 0:
+        p.error("--tokens and --repeats must be at least 1, --threads at least 0")
     return args
 
 
@@ -357,21 +302,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.worker:
         harness.print_result(measure(json.loads(args.worker)))
         return {}
-    args.device = "cuda" if args.device.startswith("cuda") else "cpu"
     stem = args.output_dir / f"fusion_scaling_{args.device}"
     csv_path = stem.with_suffix(".csv")
     if args.report_only:
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"--report-only needs {csv_path}, which does not exist")
         rows = harness.read_csv(csv_path)
-        kernels = next((r["attention_kernel"] for r in rows if r.get("attention_kernel")), "-")
         load_note = "report rebuilt from the CSV (`--report-only`); see `load_1min` there for each case"
     else:
         load_before = os.getloadavg()[0]
-        kernels = attention_kernels(args.device, args.hidden_size)
-        rows = measure_all(args, kernels, load_clean_rows(csv_path, args) if args.resume else {})
+        rows = measure_all(args, load_clean_rows(csv_path, args) if args.resume else {})
         load_note = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after this invocation"
-    text, checks = report(rows, args, kernels, load_note)
+    text, checks = report(rows, args, load_note)
     harness.write_results(args.output_dir, stem.name, markdown=text, csv_rows=rows, csv_fields=CSV_FIELDS)
     plot(rows, stem.with_suffix(".png"), args)
     print(text)
