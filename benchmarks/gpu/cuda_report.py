@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import cuda_model
@@ -23,21 +22,71 @@ def show(value: Any) -> str:
     return harness.fmt(value, "{}")
 
 
-def ms(mode: str) -> Callable[[dict], float | None]:
-    return lambda row: row.get(mode, {}).get("median_ms")
+def cell(row: dict, path: str) -> Any:
+    """The value at ``path`` in ``row`` (dots: nested; a name of ``CELLS``: computed), ``None`` where absent."""
+    if path in CELLS:
+        return CELLS[path](row)
+    for key in path.split("."):
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
 
 
-def ran(row: dict) -> str:
-    return f"{row['backend']} ({row['effective']})"
+CELLS = {  # computed cells
+    "ran": lambda r: f"{r['backend']} ({r['effective']})",
+    "ok": lambda r: "yes" if r["ok"] else "NO " + r.get("error", ""),
+    "note": lambda r: r.get("description", "") + " (informational)" * bool(r.get("informational")),
+    "speedup": lambda r: (
+        r.get("error", "")[:80] or " / ".join(f"{v:.1f}x" for v in r.get("speedup_vs_torch", {}).values())
+    ),
+}
+#: The report's tables: section -> its columns, "header=path in a row" (``cell``; the header alone: the same path).
+PROBE = "case, ran=effective, out err=errors.out, max grad err=max_grad_error, ok, note"
+TABLES = {
+    "scan_correctness": "b, d, n, l, layout, dtype, options, backend (ran)=ran, out=errors.out, "
+    "last state=errors.last_state, max grad=max_grad_error, ok",
+    "scan_edge_cases": PROBE,
+    "conv_edge_cases": PROBE,
+    "scan_timing": "l, dtype, backend (ran)=ran, fwd ms=fwd.median_ms, fwd GB/s=fwd_gb_per_s, "
+    "fwd of copy=fwd_fraction_of_copy, fwd+bwd ms=fwd_bwd.median_ms, fwd+bwd GB/s=fwd_bwd_gb_per_s, "
+    "fwd+bwd of copy=fwd_bwd_fraction_of_copy, peak fwd+bwd MiB=fwd_bwd_peak_mib, "
+    "speed-up vs torch (fwd / fwd+bwd)=speedup",
+    "fusion_timing": "video tokens=tokens, fusion, fwd ms=fwd.median_ms, fwd peak MiB=fwd_peak_mib, "
+    "fwd+bwd ms=fwd_bwd.median_ms, fwd+bwd peak MiB=fwd_bwd_peak_mib, error",
+    "model_timing": "scan backend=backend, fwd ms=fwd.median_ms, fwd peak MiB=fwd_peak_mib, "
+    "fwd+bwd ms=fwd_bwd.median_ms, fwd+bwd peak MiB=fwd_bwd_peak_mib, clips/s (train)=clips_per_s_fwd_bwd",
+}
 
 
-def ok(row: dict) -> str:
-    return "yes" if row["ok"] else "NO " + row.get("error", "")
+def heading(name: str, sec: dict[str, Any]) -> list[str]:
+    """The title of a section's table, and the paragraphs before it."""
+    if name == "scan_correctness":
+        return ["Scan correctness (rel. error against float64 reference)"]
+    if name == "scan_timing":
+        formula = sec["bytes_formula"]
+        return [
+            f"Scan timing (copy bandwidth {show(sec['copy_gb_per_s'])} GB/s)",
+            f"Bytes: fwd `{formula['fwd']}`, fwd+bwd `{formula['fwd_bwd']}`.",
+        ]
+    if name == "fusion_timing":
+        crossovers = (f"- crossover {k}: {v.get('tokens')} ({v.get('note')})" for k, v in sec["crossover"].items())
+        return [
+            f"Fusion scaling: SSM fusion vs {sec['transformer']} transformer (width {sec['width']}, batch 1, "
+            "bf16 autocast)",
+            f"SDPA kernel picked: {sec['sdpa'].get('picked_by_default')}; runnable: {sec['sdpa'].get('available')}.",
+            "\n".join(crossovers),
+        ]
+    if name == "model_timing":
+        return [
+            "Full model: batch {batch} clips of {clip}, {video_encoder}, {text}, fusion width {hidden_size}, "
+            "{autocast} autocast, {weights} weights".format(**sec["model"])
+        ]
+    return [name]
 
 
 def key_numbers(name: str, sec: dict[str, Any]) -> str:
     """The summary table's "key numbers" of one section (an error: its message)."""
     e, short = show, cuda_model.short
+    ms = lambda row, mode: show(cell(row, f"{mode}.median_ms"))  # noqa: E731
     if sec["status"] == "error":
         return sec.get("error", "")[:150]
     if name == "environment":
@@ -67,8 +116,8 @@ def key_numbers(name: str, sec: dict[str, Any]) -> str:
     if name == "scan_timing":
         rows = [r for r in sec["rows"] if r["backend"] == "cuda" and "fwd" in r and r["dtype"] == "bfloat16"]
         return "bf16 cuda " + "; ".join(
-            f"l={r['l']}: fwd {e(ms('fwd')(r))} ms ({e(r.get('fwd_fraction_of_copy'))} of copy BW), fwd+bwd "
-            f"{e(ms('fwd_bwd')(r))} ms ({e(r.get('speedup_vs_torch', {}).get('fwd_bwd'))}x torch)"
+            f"l={r['l']}: fwd {ms(r, 'fwd')} ms ({e(r.get('fwd_fraction_of_copy'))} of copy BW), fwd+bwd "
+            f"{ms(r, 'fwd_bwd')} ms ({e(r.get('speedup_vs_torch', {}).get('fwd_bwd'))}x torch)"
             for r in rows[:3]
         )
     if name == "fusion_timing":
@@ -79,88 +128,11 @@ def key_numbers(name: str, sec: dict[str, Any]) -> str:
         )
     if name == "model_timing":
         return "; ".join(
-            f"{r['backend']}: fwd {e(ms('fwd')(r))} ms, fwd+bwd {e(ms('fwd_bwd')(r))} ms, peak "
+            f"{r['backend']}: fwd {ms(r, 'fwd')} ms, fwd+bwd {ms(r, 'fwd_bwd')} ms, peak "
             f"{e(r.get('fwd_bwd_peak_mib'))} MiB"
             for r in sec["rows"]
         )
     return "failing: " + (", ".join(sec["failed"]) or "none")  # the edge cases
-
-
-PROBE_TABLE = {
-    "case": "case",
-    "ran": "effective",
-    "out err": lambda r: r.get("errors", {}).get("out"),
-    "max grad err": "max_grad_error",
-    "ok": ok,
-    "note": lambda r: r.get("description", "") + " (informational)" * bool(r.get("informational")),
-}
-TABLES = {  # section: (its title and notes, {column: the row's key, or a function of the row})
-    "scan_correctness": (
-        lambda sec: ["Scan correctness (rel. error against float64 reference)"],
-        {
-            **{k: k for k in ("b", "d", "n", "l", "layout", "dtype", "options")},
-            "backend (ran)": ran,
-            "out": lambda r: r.get("errors", {}).get("out"),
-            "last state": lambda r: r.get("errors", {}).get("last_state"),
-            "max grad": "max_grad_error",
-            "ok": ok,
-        },
-    ),
-    "scan_edge_cases": (lambda sec: ["scan_edge_cases"], PROBE_TABLE),
-    "conv_edge_cases": (lambda sec: ["conv_edge_cases"], PROBE_TABLE),
-    "scan_timing": (
-        lambda sec: [
-            f"Scan timing (copy bandwidth {show(sec['copy_gb_per_s'])} GB/s)",
-            f"Bytes: fwd `{sec['bytes_formula']['fwd']}`, fwd+bwd `{sec['bytes_formula']['fwd_bwd']}`.",
-        ],
-        {
-            "l": "l",
-            "dtype": "dtype",
-            "backend (ran)": ran,
-            "fwd ms": ms("fwd"),
-            "fwd GB/s": "fwd_gb_per_s",
-            "fwd of copy": "fwd_fraction_of_copy",
-            "fwd+bwd ms": ms("fwd_bwd"),
-            "fwd+bwd GB/s": "fwd_bwd_gb_per_s",
-            "fwd+bwd of copy": "fwd_bwd_fraction_of_copy",
-            "peak fwd+bwd MiB": "fwd_bwd_peak_mib",
-            "speed-up vs torch (fwd / fwd+bwd)": lambda r: (
-                r.get("error", "")[:80] or " / ".join(f"{v:.1f}x" for v in r.get("speedup_vs_torch", {}).values())
-            ),
-        },
-    ),
-    "fusion_timing": (
-        lambda sec: [
-            f"Fusion scaling: SSM fusion vs {sec['transformer']} transformer (width {sec['width']}, batch 1, "
-            "bf16 autocast)",
-            f"SDPA kernel picked: {sec['sdpa'].get('picked_by_default')}; runnable: {sec['sdpa'].get('available')}.",
-            "\n".join(f"- crossover {k}: {v.get('tokens')} ({v.get('note')})" for k, v in sec["crossover"].items()),
-        ],
-        {
-            "video tokens": "tokens",
-            "fusion": "fusion",
-            "fwd ms": ms("fwd"),
-            "fwd peak MiB": "fwd_peak_mib",
-            "fwd+bwd ms": ms("fwd_bwd"),
-            "fwd+bwd peak MiB": "fwd_bwd_peak_mib",
-            "error": "error",
-        },
-    ),
-    "model_timing": (
-        lambda sec: [
-            "Full model: batch {batch} clips of {clip}, {video_encoder}, {text}, fusion width {hidden_size}, "
-            "{autocast} autocast, {weights} weights".format(**sec["model"])
-        ],
-        {
-            "scan backend": "backend",
-            "fwd ms": ms("fwd"),
-            "fwd peak MiB": "fwd_peak_mib",
-            "fwd+bwd ms": ms("fwd_bwd"),
-            "fwd+bwd peak MiB": "fwd_bwd_peak_mib",
-            "clips/s (train)": "clips_per_s_fwd_bwd",
-        },
-    ),
-}
 
 
 def markdown_report(results: dict[str, Any]) -> str:
@@ -177,11 +149,13 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         summary_table(results),
     ]
-    for name, (notes, columns) in TABLES.items():
+    for name, spec in TABLES.items():
         if rows := s.get(name, {}).get("cases") or s.get(name, {}).get("rows"):
-            title, *notes = notes(s[name])
-            cells = [[show(c(r) if callable(c) else r.get(c)) for c in columns.values()] for r in rows]
-            lines += ["", f"## {title}", "", *(n + "\n" for n in notes), harness.markdown_table(list(columns), cells)]
+            title, *notes = heading(name, s[name])
+            columns = [(h, p or h) for h, _, p in (c.partition("=") for c in spec.split(", "))]
+            cells = [[show(cell(row, path)) for _, path in columns] for row in rows]
+            table = harness.markdown_table([h for h, _ in columns], cells)
+            lines += ["", f"## {title}", "", *(n + "\n" for n in notes), table]
     lines += ["", "## Warnings", "", *(f"- {w}" for w in results["warnings"])] if results["warnings"] else []
     return "\n".join(lines) + "\n"
 

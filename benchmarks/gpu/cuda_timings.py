@@ -7,6 +7,7 @@ reports ``ok`` / ``partial`` / ``skipped`` / ``error``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import cuda_model
 import harness
 import torch
 
+BACKENDS = ("cuda", "torch")  # the scan backends compared
 #: The SDPA kernels: their ``SDPBackend`` name and the operator the profiler shows when they run.
 SDPA = {
     "flash": ("FLASH_ATTENTION", "_scaled_dot_product_flash_attention"),
@@ -24,21 +26,21 @@ SDPA = {
 }
 
 
+def time_call(ctx: cc.Context, fn: Callable, **options: Any) -> dict[str, Any]:
+    """``harness.time_call`` with the plan's repeats, budget and sample length unless ``options`` say otherwise."""
+    plan = ctx.plan
+    options = {"repeats": plan.repeats, "budget_s": plan.case_budget_s, "min_sample_ms": plan.min_sample_ms, **options}
+    return harness.time_call(fn, device=ctx.device, **options)
+
+
 def time_modes(ctx: cc.Context, row: dict, fwd: Callable, fwd_bwd: Callable, prepare: Callable) -> dict[str, Any]:
     """``row`` with the timing (``fwd``, ``fwd_bwd``) and peak memory (``*_peak_mib``) of both, or the error.
 
     ``prepare`` runs before each peak measurement (dropping earlier gradients, so that only this call's count).
     """
-    plan = ctx.plan
     try:
         for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-            row[mode] = harness.time_call(
-                fn,
-                repeats=plan.repeats,
-                budget_s=plan.case_budget_s,
-                min_sample_ms=plan.min_sample_ms,
-                device=ctx.device,
-            )
+            row[mode] = time_call(ctx, fn)
             prepare()
             row[f"{mode}_peak_mib"] = harness.peak_mib(fn, ctx.device)
     except Exception as exc:
@@ -83,34 +85,21 @@ def status(rows: list[dict], skipped: list) -> str:
 def section_copy_bandwidth(ctx: cc.Context) -> dict[str, Any]:
     src = torch.randn(ctx.plan.copy_mib * 2**20 // 4, device=ctx.device)
     dst = torch.empty_like(src)
-    timing = harness.time_call(
-        lambda: dst.copy_(src),
-        repeats=max(ctx.plan.repeats, 3),
-        budget_s=10,
-        min_sample_ms=ctx.plan.min_sample_ms,
-        device=ctx.device,
-    )
+    timing = time_call(ctx, lambda: dst.copy_(src), repeats=max(ctx.plan.repeats, 3), budget_s=10)
     nbytes = 2 * src.numel() * src.element_size()  # read + write
     ctx.copy_gbps = nbytes / (timing["median_ms"] * 1e-3) / 1e9
-    method = "dst.copy_(src), float32, bytes read + bytes written over the median time"
-    return {
-        "status": "ok",
-        "bytes_read_plus_written": nbytes,
-        "timing": timing,
-        "gb_per_s": ctx.copy_gbps,
-        "method": method,
-    }
+    result = {"status": "ok", "bytes_read_plus_written": nbytes, "timing": timing, "gb_per_s": ctx.copy_gbps}
+    return {**result, "method": "dst.copy_(src), float32, bytes read + bytes written over the median time"}
 
 
-BYTES_FORMULA = {
-    "fwd": "s*(4*b*d*l + 2*b*n*l) + 4*(d*n + 2*d)",
-    "fwd_bwd": "fwd + s*(7*b*d*l + 4*b*n*l) + 8*(d*n + 2*d)",
-}
+#: The fewest bytes the scan must move (each input read once, each output written once): ``s`` bytes an element of
+#: u, delta, z, B, C and their gradients, float32 A, D, delta_bias.
+BYTES_FORMULA = {"fwd": "s*(4*b*d*l + 2*b*n*l) + 4*(d*n + 2*d)"}
+BYTES_FORMULA["fwd_bwd"] = "fwd + s*(7*b*d*l + 4*b*n*l) + 8*(d*n + 2*d)"
 
 
 def scan_bytes(b: int, d: int, n: int, L: int, s: int) -> dict[str, int]:
-    """The fewest bytes the scan must move, ``BYTES_FORMULA``: each input read once, each output written once,
-    ``s`` bytes an element of u, delta, z, B, C (and their gradients), float32 A, D, delta_bias."""
+    """``BYTES_FORMULA``."""
     params = 4 * (d * n + 2 * d)
     fwd = s * (4 * b * d * L + 2 * b * n * L) + params
     return {"fwd": fwd, "fwd_bwd": fwd + s * (7 * b * d * L + 4 * b * n * L) + 2 * params}
@@ -121,26 +110,18 @@ def section_scan_timing(ctx: cc.Context) -> dict[str, Any]:
 
     plan, device = ctx.plan, ctx.device
     b, d, n = plan.scan_shape["b"], plan.scan_shape["d"], plan.scan_shape["n"]
-    cases, by_design = [], []
-    for L, dtype, backend in (
-        (L, t, k) for L in plan.scan_lengths for t in (torch.bfloat16, torch.float32) for k in ("cuda", "torch")
-    ):
-        case = {"l": L, "dtype": dtype, "backend": backend}
-        if backend == "torch" and (
-            plan.scan_torch_max_l < L or (dtype == torch.float32 and plan.scan_lengths[0] != L)
-        ):
-            by_design.append(
-                {
-                    **case,
-                    "dtype": cc.dname(dtype),
-                    "reason": "torch: l > scan_torch_max_l, float32 at the first l only",
-                }
-            )
-        else:
-            cases.append(case)
+    cases = cc.make_cases("l dtype backend", *itertools.product(plan.scan_lengths, ("bfloat16", "float32"), BACKENDS))
+
+    def skip(c: dict) -> bool:  # the torch backend: up to scan_torch_max_l, float32 at the first length only
+        repeated = c["dtype"] == "float32" and c["l"] != plan.scan_lengths[0]
+        return c["backend"] == "torch" and (c["l"] > plan.scan_torch_max_l or repeated)
+
+    reason = "torch: l > scan_torch_max_l, float32 at the first l only"
+    by_design = [{**c, "reason": reason} for c in cases if skip(c)]
+    cases = [c for c in cases if not skip(c)]
 
     def build(case: dict) -> tuple:
-        L, dtype, backend = case["l"], case["dtype"], case["backend"]
+        L, dtype, backend = case["l"], getattr(torch, case["dtype"]), case["backend"]
         x = cc.make_scan_inputs(b, d, n, L, dtype, device)
         leaves = {k: v.detach().requires_grad_(True) for k, v in x.items()}
         dout = torch.randn(b, d, L, device=device, dtype=dtype)
@@ -153,10 +134,8 @@ def section_scan_timing(ctx: cc.Context) -> dict[str, Any]:
             drop_grads(None, leaves.values())
             selective_scan(**leaves, delta_softplus=True, backend=backend).backward(dout)
 
-        row = {"b": b, "d": d, "n": n, **case, "dtype": cc.dname(dtype)}
-        row.update(
-            effective=cc.effective_scan_backend(backend, x["u"], x["A"]), bytes=scan_bytes(b, d, n, L, dtype.itemsize)
-        )
+        row = {"b": b, "d": d, "n": n, **case, "effective": cc.effective_scan_backend(backend, x["u"], x["A"])}
+        row["bytes"] = scan_bytes(b, d, n, L, dtype.itemsize)
         return row, fwd, fwd_bwd, lambda: drop_grads(None, leaves.values())
 
     rows, skipped = time_cases(ctx, cases, ("backend", "dtype"), "l", build, lambda case: 1.0)
@@ -169,32 +148,22 @@ def section_scan_timing(ctx: cc.Context) -> dict[str, Any]:
         twin = [r for r in rows if r["backend"] == "torch" and (r["l"], r["dtype"]) == (row["l"], row["dtype"])]
         if row["backend"] == "cuda" and "fwd" in row and twin and "fwd" in twin[0]:
             row["speedup_vs_torch"] = {m: twin[0][m]["median_ms"] / row[m]["median_ms"] for m in ("fwd", "fwd_bwd")}
-    skipped = [{**s, "dtype": cc.dname(s["dtype"])} for s in skipped]
-    options = "delta_softplus=True, D, z, delta_bias (float32 A, D, bias)"
-    return {
-        "status": status(rows, skipped),
-        "rows": rows,
-        "skipped": skipped,
-        "not_run_by_design": by_design,
-        "copy_gb_per_s": ctx.copy_gbps,
-        "options": options,
-        "bytes_formula": BYTES_FORMULA,
-    }
+    result = {"status": status(rows, skipped), "rows": rows, "skipped": skipped, "not_run_by_design": by_design}
+    result.update(copy_gb_per_s=ctx.copy_gbps, options="delta_softplus=True, D, z, delta_bias (float32 A, D, bias)")
+    return {**result, "bytes_formula": BYTES_FORMULA}
 
 
 def build_fusion(kind: str, tokens: int, plan: Any, device: torch.device):
     from mambavl import MambaVLConfig
     from mambavl.fusion import build_fusion
 
-    config = MambaVLConfig(
-        hidden_size=plan.fusion_width,
-        video_feature_size=plan.fusion_width,
-        fusion_type=kind,
-        fusion_transformer_depth=plan.fusion_depth,
-        fusion_transformer_heads=4,
+    width, transformer = (
+        plan.fusion_width,
+        {"fusion_transformer_depth": plan.fusion_depth, "fusion_transformer_heads": 4},
     )
+    config = MambaVLConfig(hidden_size=width, video_feature_size=width, fusion_type=kind, **transformer)
     sizes = (tokens, plan.question_tokens, plan.question_tokens)
-    inputs = [torch.randn(1, s, plan.fusion_width, device=device) for s in sizes]
+    inputs = [torch.randn(1, s, width, device=device) for s in sizes]
     return build_fusion(config).to(device), inputs, [x.detach().requires_grad_(True) for x in inputs]
 
 
@@ -250,13 +219,8 @@ def crossover(rows: list[dict], metric: str) -> dict[str, Any]:
 
 def section_fusion_timing(ctx: cc.Context) -> dict[str, Any]:
     plan, device = ctx.plan, ctx.device
-    result: dict[str, Any] = {
-        "width": plan.fusion_width,
-        "batch": 1,
-        "question_tokens": plan.question_tokens,
-        "transformer": f"{plan.fusion_depth} layers x 4 heads",
-        "autocast": "bf16",
-    }
+    result: dict[str, Any] = {"width": plan.fusion_width, "batch": 1, "question_tokens": plan.question_tokens}
+    result.update(transformer=f"{plan.fusion_depth} layers x 4 heads", autocast="bf16")
     try:
         result["sdpa"] = sdpa_report(plan, device)
     except Exception as exc:
@@ -271,31 +235,22 @@ def section_fusion_timing(ctx: cc.Context) -> dict[str, Any]:
             lambda: drop_grads(fusion, leaves),
         )
 
-    cases = cc.make_cases("tokens fusion", *((t, k) for t in plan.fusion_tokens for k in ("mamba", "transformer")))
+    cases = cc.make_cases("tokens fusion", *itertools.product(plan.fusion_tokens, ("mamba", "transformer")))
     quadratic = lambda case: 1.0 if case["fusion"] == "mamba" else 2.0  # noqa: E731  (attention's cost)
     rows, skipped = time_cases(ctx, cases, ("fusion",), "tokens", build, quadratic)
     for row in (r for r in rows if "error" not in r):
         row["fwd_ms"], row["fwd_bwd_ms"] = row["fwd"]["median_ms"], row["fwd_bwd"]["median_ms"]
-    metrics = {
-        "time_fwd": "fwd_ms",
-        "time_fwd_bwd": "fwd_bwd_ms",
-        "memory_fwd": "fwd_peak_mib",
-        "memory_fwd_bwd": "fwd_bwd_peak_mib",
-    }
-    return {
-        **result,
-        "status": status(rows, skipped),
-        "rows": rows,
-        "skipped": skipped,
-        "crossover": {k: crossover(rows, m) for k, m in metrics.items()},
-    }
+    metrics = {"time_fwd": "fwd_ms", "time_fwd_bwd": "fwd_bwd_ms"}
+    metrics.update(memory_fwd="fwd_peak_mib", memory_fwd_bwd="fwd_bwd_peak_mib")
+    crossovers = {k: crossover(rows, metric) for k, metric in metrics.items()}
+    return {**result, "status": status(rows, skipped), "rows": rows, "skipped": skipped, "crossover": crossovers}
 
 
 def section_model_timing(ctx: cc.Context) -> dict[str, Any]:
     batch = ctx.plan.model_timing_batch
     model, inputs = cuda_model.build_model(ctx.plan, ctx.device, ctx.seed + 3, batch)
     rows, skipped = [], []
-    for backend in ("cuda", "torch"):
+    for backend in BACKENDS:
         if ctx.remaining() < 4 * ctx.plan.case_budget_s + 10:  # two timings of about two budgets each
             skipped.append({"backend": backend, "reason": "time budget"})
             continue
@@ -316,15 +271,9 @@ def section_model_timing(ctx: cc.Context) -> dict[str, Any]:
         rows.append(time_modes(ctx, row, fwd, fwd_bwd, lambda: drop_grads(model)))
         if "error" not in row:
             row["clips_per_s_fwd_bwd"] = batch / (row["fwd_bwd"]["median_ms"] * 1e-3)
-    v, c = model.config.video_config, model.config
-    described = {
-        "batch": batch,
-        "clip": f"{v.num_frames}x{v.image_size}x{v.image_size}",
-        "hidden_size": c.hidden_size,
-        "video_encoder": f"VideoMAE {v.hidden_size}x{v.num_hidden_layers} layers (random weights)",
-        "text": f"{type(c.text_config).__name__} embeddings ({c.text_config.vocab_size} x "
-        f"{c.text_config.hidden_size}), frozen",
-        "autocast": "bf16",
-        "weights": "float32",
-    }
+    v, text = model.config.video_config, model.config.text_config
+    described = {"batch": batch, "clip": f"{v.num_frames}x{v.image_size}x{v.image_size}"}
+    described.update(hidden_size=model.config.hidden_size, autocast="bf16", weights="float32")
+    described["video_encoder"] = f"VideoMAE {v.hidden_size}x{v.num_hidden_layers} layers (random weights)"
+    described["text"] = f"{type(text).__name__} embeddings ({text.vocab_size} x {text.hidden_size}), frozen"
     return {"status": status(rows, skipped), "rows": rows, "skipped": skipped, "model": described}
