@@ -165,3 +165,13 @@ def test_build_script_fails_clearly_without_sdists(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "ERROR" in proc.stderr and "sdists" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or shutil.which("bash") is None, reason="a GPU would run the full check")
+def test_device_driver_without_gpu_fails_the_build_clearly_then_runs_the_check(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path)}
+    script = ["bash", str(GPU_DIR / "run_on_device.sh")]
+    proc = subprocess.run(script, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # check_cuda.py: --device cuda but no GPU
+    assert "BUILD FAILED" in proc.stdout and "build_mamba_ssm.sh: ERROR" in (tmp_path / "build.log").read_text()
+    assert "--device cuda but no GPU" in (tmp_path / "check_cuda.log").read_text()
