@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness.py
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # cuda_checks.py, cuda_timings.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cuda_*.py
 import cuda_checks as checks
 import cuda_model
 import cuda_report
@@ -42,17 +42,8 @@ logger = logging.getLogger("check_cuda")
 CORRECTNESS = ("scan_correctness", "auto_dispatch", "conv_correctness", "model_step")
 PROBES = ("scan_edge_cases", "conv_edge_cases", "model_step_joint")
 MEASUREMENTS = ("copy_bandwidth", "scan_timing", "fusion_timing", "model_timing")
-SECTIONS = (
-    "environment",
-    "scan_correctness",
-    "auto_dispatch",
-    "scan_edge_cases",
-    "conv_correctness",
-    "conv_edge_cases",
-    "model_step",
-    "model_step_joint",
-    *MEASUREMENTS,
-)
+SECTIONS = ("environment", "scan_correctness", "auto_dispatch", "scan_edge_cases", "conv_correctness")
+SECTIONS += ("conv_edge_cases", "model_step", "model_step_joint", *MEASUREMENTS)  # the order they run in
 cases = checks.make_cases
 FULL = {  # the sizes of a run on a GPU
     # correctness: l = 2100 passes the kernel's 2048-step chunk; "mixer": the strides of the fusion's inputs
@@ -126,7 +117,7 @@ def slugify(name: str) -> str:
 def run_section(name: str, ctx: checks.Context, all_warnings: list[str]) -> dict[str, Any]:
     """One section, its errors and warnings recorded (those of the scan and conv kernels in the section too)."""
     started = time.monotonic()
-    module = timings if name in MEASUREMENTS else cuda_model if "model" in name or "conv" in name else checks
+    module = next(m for m in (checks, cuda_model, timings) if hasattr(m, f"section_{name}"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -158,11 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(output_dir=None)  # a full CUDA run writes to benchmarks/results, others only when asked
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where to run (default: cuda)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset (environment always)")
-    parser.add_argument(
-        "--time-budget",
-        type=float,
-        help="seconds for the run; timing cases predicted to pass it are skipped (default: 420; smoke: 120)",
-    )
+    budget_help = "seconds for the run: timing cases predicted to pass it are skipped (default: 420; smoke: 120)"
+    parser.add_argument("--time-budget", type=float, help=budget_help)
     parser.add_argument("--seed", type=int, help="random seed (default: from the clock; recorded)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -170,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(requested) - set(SECTIONS):
         parser.error(f"unknown --sections {sorted(unknown)}; choose from {SECTIONS}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.exit(
-            2, f"check_cuda.py: --device cuda but no GPU (torch {torch.__version__}, CUDA {torch.version.cuda})\n"
-        )
+        versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+        parser.exit(2, f"check_cuda.py: --device cuda but no GPU ({versions})\n")
     device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
     seed = args.seed if args.seed is not None else int(time.time() * 1000) % 2**31
     torch.manual_seed(seed)
@@ -181,19 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = checks.Context(device=device, plan=plan, seed=seed, deadline=time.monotonic() + budget)
     out_dir = args.output_dir or (harness.RESULTS if device.type == "cuda" and not args.quick else None)
     started, stem = time.monotonic(), "gpu_cpu"
-    results: dict[str, Any] = {
-        "script": "benchmarks/gpu/check_cuda.py",
-        "command": harness.command_line(),
-        "device": args.device,
-        "smoke": args.quick,
-        "seed": seed,
-        "time_budget_s": budget,
-        "requested": requested,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "sections": {},
-        "warnings": [],
-        "wall_s": 0.0,
-    }
+    results: dict[str, Any] = {"script": "benchmarks/gpu/check_cuda.py", "command": harness.command_line()}
+    results.update(device=args.device, smoke=args.quick, seed=seed, time_budget_s=budget, requested=requested)
+    results.update(started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), sections={}, warnings=[], wall_s=0.0)
     for name in (n for n in SECTIONS if n == "environment" or n in requested):
         logger.info("section %s ...", name)
         section = results["sections"][name] = run_section(name, ctx, results["warnings"])
