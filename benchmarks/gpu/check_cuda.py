@@ -45,8 +45,9 @@ MEASUREMENTS = ("copy_bandwidth", "scan_timing", "fusion_timing", "model_timing"
 SECTIONS = ("environment", "scan_correctness", "auto_dispatch", "scan_edge_cases", "conv_correctness")
 SECTIONS += ("conv_edge_cases", "model_step", "model_step_joint", *MEASUREMENTS)  # the order they run in
 cases = checks.make_cases
-FULL = {  # the sizes of a run on a GPU
-    # correctness: l = 2100 passes the kernel's 2048-step chunk; "mixer": the strides of the fusion's inputs
+# The sizes of a run on a GPU. Correctness: l = 2100 passes the kernel's 2048-step chunk, "mixer" gives the inputs the
+# strides of the fusion's; edge_shape: b, d, n, l of auto_dispatch and scan_edge_cases; the model steps at paper width.
+FULL = {
     "scan_cases": cases(
         "b d n l layout",
         (2, 96, 16, 1, "contiguous"),
@@ -62,25 +63,13 @@ FULL = {  # the sizes of a run on a GPU
         (2, 64, 77, 3, "contiguous", None),
         (1, 64, 77, 2, "channel_last", "silu"),
     ),
-    "edge_shape": (2, 64, 16, 200),  # b, d, n, l of auto_dispatch and scan_edge_cases
-    "paper_model": True,
-    "step_batch": 2,
-    "feature_tokens": 1568,  # model steps (features: precomputed tokens)
-    # timings
-    "copy_mib": 2048,
-    "scan_shape": {"b": 2, "d": 1536, "n": 16},
-    "scan_lengths": [1568, 4096, 16384, 65536, 262144],
-    "scan_torch_max_l": 16384,
-    "fusion_tokens": [1024 * 2**i for i in range(7)],
-    "fusion_width": 768,
-    "fusion_depth": 6,
-    "question_tokens": 16,
-    "model_timing_batch": 8,
-    "repeats": 10,
-    "min_sample_ms": 5.0,
-    "case_budget_s": 4.0,
 }
-SMOKE = {  # tiny sizes: the script's logic, in seconds (also on CPU)
+FULL.update(edge_shape=(2, 64, 16, 200), paper_model=True, step_batch=2, feature_tokens=1568)
+FULL.update(copy_mib=2048, scan_shape={"b": 2, "d": 1536, "n": 16}, scan_lengths=[1568, 4096, 16384, 65536, 262144])
+FULL.update(scan_torch_max_l=16384, fusion_tokens=[1024 * 2**i for i in range(7)], fusion_width=768, fusion_depth=6)
+FULL.update(question_tokens=16, model_timing_batch=8, repeats=10, min_sample_ms=5.0, case_budget_s=4.0)
+# Tiny sizes: the script's logic in seconds (also on CPU).
+SMOKE = {
     **FULL,
     "scan_cases": cases(
         "b d n l layout", (2, 8, 4, 1, "contiguous"), (2, 8, 4, 9, "mixer"), (1, 6, 3, 33, "contiguous")
@@ -91,22 +80,10 @@ SMOKE = {  # tiny sizes: the script's logic, in seconds (also on CPU)
         (2, 16, 20, 4, "channel_last", "silu"),
         (1, 8, 9, 3, "contiguous", None),
     ),
-    "edge_shape": (1, 8, 4, 16),
-    "paper_model": False,
-    "feature_tokens": 12,
-    "copy_mib": 8,
-    "scan_shape": {"b": 1, "d": 16, "n": 4},
-    "scan_lengths": [32, 64],
-    "scan_torch_max_l": 64,
-    "fusion_tokens": [16, 32],
-    "fusion_width": 32,
-    "fusion_depth": 1,
-    "question_tokens": 5,
-    "model_timing_batch": 2,
-    "repeats": 1,
-    "min_sample_ms": 0.0,
-    "case_budget_s": 1.0,
 }
+SMOKE.update(edge_shape=(1, 8, 4, 16), paper_model=False, feature_tokens=12, copy_mib=8, scan_torch_max_l=64)
+SMOKE.update(scan_shape={"b": 1, "d": 16, "n": 4}, scan_lengths=[32, 64], fusion_tokens=[16, 32], fusion_width=32)
+SMOKE.update(fusion_depth=1, question_tokens=5, model_timing_batch=2, repeats=1, min_sample_ms=0.0, case_budget_s=1.0)
 
 
 def slugify(name: str) -> str:
