@@ -93,10 +93,8 @@ def key_numbers(name: str, sec: dict[str, Any]) -> str:
         return versions(sec)
     if name == "scan_correctness":
         c32, c16 = sec["max_cuda_float32"], sec["max_cuda_bfloat16"]
-        fp32, bf16 = (
-            f"fp32 out {e(c32['out'])} grad {e(c32['grad'])}",
-            f"bf16 out {e(c16['out'])} grad {e(c16['grad'])}",
-        )
+        fp32 = f"fp32 out {e(c32['out'])} grad {e(c32['grad'])}"
+        bf16 = f"bf16 out {e(c16['out'])} grad {e(c16['grad'])}"
         return "; ".join([f"backend=cuda max rel err {fp32}; {bf16}", *sec["reasons"]])
     if name == "auto_dispatch":
         return ", ".join(
@@ -138,17 +136,9 @@ def key_numbers(name: str, sec: dict[str, Any]) -> str:
 def markdown_report(results: dict[str, Any]) -> str:
     s, env = results["sections"], results["sections"].get("environment", {})
     smoke = " (smoke sizes)" if results["smoke"] else ""
-    lines = [
-        f"# MambaVL CUDA path on {env.get('device_name')}",
-        "",
-        f"{versions(env)}. Seed {results['seed']}{smoke}. Started {results['started_at']}, {results['wall_s']:.0f} s.",
-        "",
-        f"Command: `{results['command']}`",
-        "",
-        "## Summary",
-        "",
-        summary_table(results),
-    ]
+    run = f"Seed {results['seed']}{smoke}. Started {results['started_at']}, {results['wall_s']:.0f} s."
+    lines = [f"# MambaVL CUDA path on {env.get('device_name')}\n\n{versions(env)}. {run}\n"]
+    lines += [f"Command: `{results['command']}`\n\n## Summary\n", summary_table(results)]
     for name, spec in TABLES.items():
         if rows := s.get(name, {}).get("cases") or s.get(name, {}).get("rows"):
             title, *notes = heading(name, s[name])
