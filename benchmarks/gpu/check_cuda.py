@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
 import sys
 import time
 import traceback
@@ -91,10 +92,34 @@ def slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
 
 
+def section_environment(ctx: checks.Context) -> dict[str, Any]:
+    """The machine, the versions, what the library sees of mamba-ssm and causal-conv1d, the commit."""
+    import mambavl
+
+    env = {"status": "ok", **harness.machine_info(ctx.device), "mambavl": getattr(mambavl, "__version__", None)}
+    env.update(mambavl_file=mambavl.__file__, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+    env.update(tf32_cudnn=torch.backends.cudnn.allow_tf32, **checks.mamba_ssm_state())
+    commands = {"git_commit": ["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "HEAD"]}
+    if ctx.device.type == "cuda":
+        props = torch.cuda.get_device_properties(ctx.device)
+        env.update(capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count)
+        query = "--query-gpu=driver_version,clocks.sm,clocks.mem,power.limit"
+        commands["nvidia_smi"] = ["nvidia-smi", query, "--format=csv,noheader"]
+    else:
+        env["device_name"] = f"CPU ({env['cpu']}, {env['logical_cpus']} logical CPUs)"
+    for key, command in commands.items():
+        try:
+            env[key] = subprocess.run(command, capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError) as exc:
+            env[key] = f"unavailable: {exc}"
+    return env
+
+
 def run_section(name: str, ctx: checks.Context, all_warnings: list[str]) -> dict[str, Any]:
     """One section, its errors and warnings recorded (those of the scan and conv kernels in the section too)."""
     started = time.monotonic()
-    module = next(m for m in (checks, cuda_model, timings) if hasattr(m, f"section_{name}"))
+    modules = (sys.modules[__name__], checks, cuda_model, timings)  # this one: the environment
+    module = next(m for m in modules if hasattr(m, f"section_{name}"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

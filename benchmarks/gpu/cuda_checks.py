@@ -10,17 +10,13 @@ import gc
 import importlib
 import itertools
 import math
-import subprocess
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import harness
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
 #: Bounds on ||a - b|| / ||b|| against the float64 reference (inputs rounded to the tested dtype, then upcast).
 TOLERANCES = {
     "out": {"float32": 1e-5, "float16": 5e-3, "bfloat16": 1e-2},
@@ -28,12 +24,8 @@ TOLERANCES = {
 }
 #: The compiled extensions' entry points, looked up on their modules at every call by mamba-ssm's and causal-conv1d's
 #: Python wrappers: wrapping them counts the kernels' calls without a profiler.
-ENTRY_POINTS = (
-    "selective_scan_cuda.fwd",
-    "selective_scan_cuda.bwd",
-    "causal_conv1d_cuda.causal_conv1d_fwd",
-    "causal_conv1d_cuda.causal_conv1d_bwd",
-)
+ENTRY_POINTS = ("selective_scan_cuda.fwd", "selective_scan_cuda.bwd")
+ENTRY_POINTS += ("causal_conv1d_cuda.causal_conv1d_fwd", "causal_conv1d_cuda.causal_conv1d_bwd")
 
 
 def make_cases(keys: str, *rows: tuple) -> list[dict[str, Any]]:
@@ -168,28 +160,6 @@ def mamba_ssm_state() -> dict[str, Any]:
         if "_cuda" not in name:
             state[f"{name}_version"] = getattr(module, "__version__", None)
     return state
-
-
-def section_environment(ctx: Context) -> dict[str, Any]:
-    import mambavl
-
-    env = {"status": "ok", **harness.machine_info(ctx.device), "mambavl": getattr(mambavl, "__version__", None)}
-    env.update(mambavl_file=mambavl.__file__, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
-    env.update(tf32_cudnn=torch.backends.cudnn.allow_tf32, **mamba_ssm_state())
-    commands = {"git_commit": ["git", "-C", str(REPO), "rev-parse", "HEAD"]}
-    if ctx.device.type == "cuda":
-        props = torch.cuda.get_device_properties(ctx.device)
-        env.update(capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count)
-        query = "--query-gpu=driver_version,clocks.sm,clocks.mem,power.limit"
-        commands["nvidia_smi"] = ["nvidia-smi", query, "--format=csv,noheader"]
-    else:
-        env["device_name"] = f"CPU ({env['cpu']}, {env['logical_cpus']} logical CPUs)"
-    for key, command in commands.items():
-        try:
-            env[key] = subprocess.run(command, capture_output=True, text=True, timeout=20).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError) as exc:
-            env[key] = f"unavailable: {exc}"
-    return env
 
 
 def make_scan_inputs(
