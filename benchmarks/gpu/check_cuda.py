@@ -148,7 +148,6 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__doc__, "tiny sizes: checks the script's logic in seconds (also on CPU)")
     parser.add_argument("--smoke", dest="quick", action="store_true", help="the same as --quick")
-    parser.set_defaults(output_dir=None)  # a full CUDA run writes to benchmarks/results, others only when asked
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where to run (default: cuda)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset (environment always)")
     budget_help = "seconds for the run: timing cases predicted to pass it are skipped (default: 420; smoke: 120)"
@@ -168,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.time_budget or (120.0 if args.quick else 420.0)
     plan = SimpleNamespace(**(SMOKE if args.quick else FULL))
     ctx = checks.Context(device=device, plan=plan, seed=seed, deadline=time.monotonic() + budget)
-    out_dir = args.output_dir or (harness.RESULTS if device.type == "cuda" and not args.quick else None)
+    full_run = device.type == "cuda" and not args.quick  # others write their results only to a folder given
+    out_dir = args.output_dir if full_run or args.output_dir != harness.RESULTS else None
     started, stem = time.monotonic(), "gpu_cpu"
     results: dict[str, Any] = {"script": "benchmarks/gpu/check_cuda.py", "command": harness.command_line()}
     results.update(device=args.device, smoke=args.quick, seed=seed, time_budget_s=budget, requested=requested)
