@@ -60,7 +60,19 @@ def test_json_structure(smoke_run):
     env = results["sections"]["environment"]
     for key in ("torch", "transformers", "mamba_ssm_available", "mamba_ssm_import_error", "device_name"):
         assert key in env
-    assert (out / "gpu_cpu.md").read_text().startswith("# MambaVL CUDA path on CPU")
+    md = (out / "gpu_cpu.md").read_text()
+    assert md.startswith("# MambaVL CUDA path on CPU")
+    # every detail table, with cells filled from the rows (a wrong key path would show "-")
+    for title in (
+        "Scan correctness",
+        "scan_edge_cases",
+        "conv_edge_cases",
+        "Scan timing",
+        "Fusion scaling",
+        "Full model",
+    ):
+        assert f"\n## {title}" in md, title
+    assert "| 32 | bfloat16 | cuda (torch (fallback)) | " in md and "| cuda (torch (fallback)) | - |" not in md
     assert results["summary"]["correctness_passed"] is True
     assert results["summary"]["failed_correctness_sections"] == []
 
