@@ -45,7 +45,7 @@ def test_smoke_run_exits_cleanly_and_prints_the_summary_last(smoke_run):
     proc, _, _ = smoke_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last_lines = proc.stdout.strip().splitlines()[-16:]
-    assert any(line.startswith("section") and "status" in line for line in last_lines)
+    assert any(line.startswith("| section | status") for line in last_lines)
     assert last_lines[-1].startswith("correctness: PASS")
 
 
@@ -60,7 +60,19 @@ def test_json_structure(smoke_run):
     env = results["sections"]["environment"]
     for key in ("torch", "transformers", "mamba_ssm_available", "mamba_ssm_import_error", "device_name"):
         assert key in env
-    assert (out / "gpu_cpu.md").read_text().startswith("# MambaVL CUDA path on CPU")
+    md = (out / "gpu_cpu.md").read_text()
+    assert md.startswith("# MambaVL CUDA path on CPU")
+    # every detail table, with cells filled from the rows (a wrong key path would show "-")
+    for title in (
+        "Scan correctness",
+        "scan_edge_cases",
+        "conv_edge_cases",
+        "Scan timing",
+        "Fusion scaling",
+        "Full model",
+    ):
+        assert f"\n## {title}" in md, title
+    assert "| 32 | bfloat16 | cuda (torch (fallback)) | " in md and "| cuda (torch (fallback)) | - |" not in md
     assert results["summary"]["correctness_passed"] is True
     assert results["summary"]["failed_correctness_sections"] == []
 
@@ -106,7 +118,7 @@ def test_measurement_sections_ran(smoke_run):
     timing = sections["scan_timing"]
     measured = [r for r in timing["rows"] if "fwd" in r]
     assert measured and all(r["fwd"]["median_ms"] > 0 and r["fwd_bwd_gb_per_s"] > 0 for r in measured)
-    # the byte count of the formula in the docstring: s*(4bdl + 2bnl) + 4(dn + 2d)
+    # the byte count of the formula in the JSON: s*(4bdl + 2bnl) + 4(dn + 2d)
     r = measured[0]
     s = 2 if r["dtype"] == "bfloat16" else 4
     b, d, n, L = r["b"], r["d"], r["n"], r["l"]
@@ -142,7 +154,7 @@ def test_helpers():
     assert check_cuda.checks.rel_err(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
     assert check_cuda.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     view = torch.randn(2, 9, 16)[..., :8].transpose(1, 2)  # a gapped view, like the mixers' inputs
-    copy = check_cuda.checks._copy_strided(view)
+    copy = check_cuda.checks.copy_strided(view)
     assert copy.stride() == view.stride() and torch.equal(copy, view) and copy.is_leaf
 
 
@@ -165,3 +177,13 @@ def test_build_script_fails_clearly_without_sdists(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "ERROR" in proc.stderr and "sdists" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or shutil.which("bash") is None, reason="a GPU would run the full check")
+def test_device_driver_without_gpu_fails_the_build_clearly_then_runs_the_check(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path)}
+    script = ["bash", str(GPU_DIR / "run_on_device.sh")]
+    proc = subprocess.run(script, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # check_cuda.py: --device cuda but no GPU
+    assert "BUILD FAILED" in proc.stdout and "build_mamba_ssm.sh: ERROR" in (tmp_path / "build.log").read_text()
+    assert "--device cuda but no GPU" in (tmp_path / "check_cuda.log").read_text()
