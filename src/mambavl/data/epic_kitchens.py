@@ -26,7 +26,7 @@ import re
 from collections import OrderedDict, UserDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import torch
@@ -138,6 +138,11 @@ class ActionClass:
     def matches(self, word: str) -> bool:
         """Whether ``word`` is this class's key or one of its instances."""
         return word == self.key or word in self.instances
+
+
+#: A label space, as the loaders and :class:`EK100SegmentDataset` take it: a class list (``ActionClass``es or names
+#: by id), names keyed by id, a path to an EK100 class-list CSV, or a class count.
+LabelSpace: TypeAlias = Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike
 
 
 def _parse_literal(value: Any, what: str) -> Any:
@@ -490,8 +495,8 @@ def _validate_rows(out, where: _RowNamer, verb_list: list[ActionClass] | None, n
 
 def load_annotations(
     path: str | os.PathLike,
-    verb_classes: Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike | None = None,
-    noun_classes: Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike | None = None,
+    verb_classes: LabelSpace | None = None,
+    noun_classes: LabelSpace | None = None,
     *,
     allow_pickle: bool = False,
 ):
@@ -567,8 +572,8 @@ def load_annotations(
 
 def check_annotations(
     annotations,
-    verb_classes: Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike | None = None,
-    noun_classes: Sequence[ActionClass] | Sequence[str] | Mapping[int, str] | int | str | os.PathLike | None = None,
+    verb_classes: LabelSpace | None = None,
+    noun_classes: LabelSpace | None = None,
 ) -> None:
     """Check loaded annotations (a ``datasets.Dataset`` or pandas ``DataFrame``) as :func:`load_annotations` does.
 
@@ -1135,20 +1140,8 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         on_error: str = "raise",
         check_videos: bool | str = False,
         seed: int = 0,
-        verb_classes: Sequence[ActionClass]
-        | Sequence[str]
-        | Mapping[int, str]
-        | int
-        | str
-        | os.PathLike
-        | None = None,
-        noun_classes: Sequence[ActionClass]
-        | Sequence[str]
-        | Mapping[int, str]
-        | int
-        | str
-        | os.PathLike
-        | None = None,
+        verb_classes: LabelSpace | None = None,
+        noun_classes: LabelSpace | None = None,
     ):
         from_file = isinstance(annotations, (str, os.PathLike))
         if from_file:
