@@ -199,19 +199,23 @@ def test_annotation_errors(tmp_path, small_classes):
 
 def test_class_list_empty_or_duplicate_names_name_the_file_and_line(tmp_path):
     header = "id,key,instances,category\n"
-    (tmp_path / "empty.csv").write_text(header + "0,take,\"['take']\",x\n1, ,\"['put']\",x\n")
-    with pytest.raises(ValueError, match=r"empty\.csv' line 3: class id 1 has an empty name"):
-        load_class_list(tmp_path / "empty.csv")
-    (tmp_path / "dup.csv").write_text(header + '0,take,"[\'take\']",x\n1,put,"[\'put\']",x\n2,take,"[]",x\n')
-    with pytest.raises(ValueError, match=r"dup\.csv' line 4: class name 'take' \(id 2\) is already used on line 2"):
-        load_class_list(tmp_path / "dup.csv")
-    (tmp_path / "inst.csv").write_text(header + "0,take,\"['take', '']\",x\n")
-    with pytest.raises(ValueError, match=r"inst\.csv' line 2: class 'take' \(id 0\) has an empty instance"):
-        load_class_list(tmp_path / "inst.csv")
-    # a quoted cell spanning two lines, and a blank line, do not shift the line named
-    (tmp_path / "multi.csv").write_text(header + "0,take,\"['take',\n 'grab']\",x\n\n1,,\"[]\",x\n")
-    with pytest.raises(ValueError, match=r"multi\.csv' line 5: class id 1"):
-        load_class_list(tmp_path / "multi.csv")
+    cases = {  # file -> (rows after the header, the error expected)
+        "empty.csv": (
+            "0,take,\"['take']\",x\n1, ,\"['put']\",x\n",
+            r"empty\.csv' line 3: class id 1 has an empty name",
+        ),
+        "dup.csv": (
+            '0,take,"[\'take\']",x\n1,put,"[\'put\']",x\n2,take,"[]",x\n',
+            r"dup\.csv' line 4: class name 'take' \(id 2\) is already used on line 2",
+        ),
+        "inst.csv": ("0,take,\"['take', '']\",x\n", r"inst\.csv' line 2: class 'take' \(id 0\) has an empty instance"),
+        # a quoted cell spanning two lines, and a blank line, do not shift the line named
+        "multi.csv": ("0,take,\"['take',\n 'grab']\",x\n\n1,,\"[]\",x\n", r"multi\.csv' line 5: class id 1"),
+    }
+    for name, (rows, error) in cases.items():
+        (tmp_path / name).write_text(header + rows)
+        with pytest.raises(ValueError, match=error):
+            load_class_list(tmp_path / name)
     with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
         load_class_list(tmp_path / "nope.csv")
 
