@@ -86,6 +86,10 @@ def test_every_option_has_help_that_shows_its_default():
                    "--num-workers", "--seed", "--verbose", "--fusion-type"):  # fmt: skip
         assert re.search(r"\(default: [^)]+\)$", train[option]), option
     assert train["--output-dir"].endswith("(required)")
+    # `online` (streamed scoring of whole videos) is a task of `evaluate` only, declared with the others
+    tasks = {command: option_entries(pages[command])["--task"] for command in ("train", "evaluate")}
+    assert "online: stream each whole video" in tasks["evaluate"] and "online" not in tasks["train"]
+    assert "{recognition,anticipation,online}" in pages["evaluate"] and "{recognition,anticipation}" in pages["train"]
 
 
 def option_entries(page: str) -> dict[str, str]:

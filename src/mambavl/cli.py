@@ -140,14 +140,22 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_task_arguments(parser: argparse.ArgumentParser, online: bool = False) -> None:
+    """``--task`` and its times; ``online`` (``mambavl evaluate``) adds the streamed evaluation to the choices."""
     group = parser.add_argument_group("task")
-    group.add_argument(
-        "--task", choices=["recognition", "anticipation"], default="recognition",
-        help="recognition: classify each annotated segment; anticipation (EK100 protocol): from the "
-        "--observation-time seconds that end --anticipation-time seconds before each segment, predict its action "
-        "(metrics: class-mean top-5 recall) (default: %(default)s)",
-    )  # fmt: skip
+    choices = ["recognition", "anticipation"]
+    text = (
+        "recognition: classify each annotated segment; anticipation (EK100 protocol): from the --observation-time "
+        "seconds that end --anticipation-time seconds before each segment, predict its action (metrics: class-mean "
+        "top-5 recall)"
+    )
+    if online:
+        choices.append("online")
+        text += (
+            "; online: stream each whole video of --annotations and score every step (per-frame mAP, top-1; "
+            "class-mean top-5 recall at --anticipation-time for an anticipation model)"
+        )
+    group.add_argument("--task", choices=choices, default="recognition", help=text + " (default: %(default)s)")
     group.add_argument("--anticipation-time", type=float, default=1.0, help="τ_a in seconds (default: %(default)s)")
     group.add_argument(
         "--observation-time", type=_positive_float, default=2.0, help="τ_o in seconds (default: %(default)s)"
@@ -512,7 +520,7 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--model", required=True, help="a saved MambaVL folder")
     p.add_argument("--annotations", type=Path, required=True, help="EK100-format CSV with verb_class/noun_class")
     _add_source_arguments(p)
-    _add_task_arguments(p)
+    _add_task_arguments(p, online=True)
     p.add_argument("--num-views", type=_positive_int, default=1, help="temporal views averaged per clip")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per batch")
     p.add_argument(

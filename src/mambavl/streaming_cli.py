@@ -356,14 +356,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------------------- evaluate --task online
 def add_online_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``online`` to ``mambavl evaluate --task`` and the streaming options it needs."""
-    for action in parser._actions:  # the --task option of the evaluate parser, declared in mambavl.cli
-        if action.dest == "task" and action.choices is not None and "online" not in action.choices:
-            action.choices = [*action.choices, "online"]
-            action.help = (action.help or "") + (
-                "; online: stream each whole video of --annotations and score every step (per-frame mAP, top-1; "
-                "class-mean top-5 recall at --anticipation-time for an anticipation model)"
-            )
+    """The streaming options of ``mambavl evaluate --task online`` (``mambavl.cli`` declares the ``online`` task)."""
     _add_streamer_arguments(parser)
     g = parser.add_argument_group("online evaluation")
     g.add_argument(
