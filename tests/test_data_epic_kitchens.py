@@ -418,6 +418,13 @@ def test_video_file_source(video_root):
     # case-insensitive extension and the flat layout
     flat = VideoFileSource(video_root / "P01" / "videos", layout="flat", extension=".mp4")
     assert list(_frame_numbers(flat.get_frames("P01_01", [3]))) == [4]
+    # the wrong layout names the one that finds the file, either way round
+    with pytest.raises(VideoDecodingError, match=r"under layout='ek100': .*P01_01\.MP4.* --layout ek100"):
+        VideoFileSource(video_root, layout="flat").path("P01_01")
+    with pytest.raises(VideoDecodingError, match=r"under layout='flat': .*videos.P01_01\.MP4.* --layout flat"):
+        VideoFileSource(flat.root).path("P01_01")
+    with pytest.raises(VideoDecodingError, match=r"matched case-insensitively\)$"):  # nowhere: no hint
+        VideoFileSource(video_root, layout="flat").path("P09_01")
     # annotations counting frames at 20 fps on a 10 fps file: index i is decoded frame i // 2
     ann20 = VideoFileSource(video_root, annotation_fps=20)
     assert ann20.num_frames("P01_01") == 80 and ann20.fps("P01_01") == 20
@@ -446,8 +453,10 @@ def test_frame_folder_source(tmp_path):
         assert list(_frame_numbers(src.get_frames("P03_02", [5, 0]))) == [6, 1]
     with pytest.raises(ValueError, match="fps"):
         FrameFolderSource(tmp_path).fps("P03_02")
-    with pytest.raises(VideoDecodingError, match="P03_09"):
+    with pytest.raises(VideoDecodingError, match=r"P03_09.*\(layout='ek100'\)$"):
         FrameFolderSource(tmp_path).num_frames("P03_09")
+    with pytest.raises(VideoDecodingError, match=r"under layout='ek100': .*rgb_frames.*P03_02'.* --layout ek100"):
+        FrameFolderSource(tmp_path, layout="flat").num_frames("P03_02")
 
 
 def test_feature_source(tmp_path):

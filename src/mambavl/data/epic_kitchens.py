@@ -24,7 +24,7 @@ import math
 import os
 import re
 from collections import OrderedDict, UserDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -715,6 +715,13 @@ def _find_case_insensitive(directory: str, name: str, listing_cache: dict[str, d
     return os.path.join(directory, found) if found is not None else None
 
 
+def _other_layout_hint(source: Any, video_id: str, exists: Callable[[str], bool]) -> str:
+    """`` (it exists under layout='flat': ...)`` when ``video_id`` is found under the other layout of ``source``."""
+    other = "flat" if source.layout == "ek100" else "ek100"
+    there = source._with_layout(other).location(video_id)
+    return f"; it exists under layout={other!r}: {there!r} (mambavl CLI: --layout {other})" if exists(there) else ""
+
+
 def _per_video(value: float | Mapping[str, float] | None, video_id: str, what: str) -> float | None:
     if value is None:
         return None
@@ -795,10 +802,14 @@ class VideoFileSource:
         if not os.path.exists(path):
             raise VideoDecodingError(
                 f"Video file for video_id {video_id!r} not found: {path!r} (layout={self.layout!r}, "
-                "matched case-insensitively)",
+                f"matched case-insensitively){_other_layout_hint(self, video_id, os.path.isfile)}",
                 path=path,
             )
         return path
+
+    def _with_layout(self, layout: str) -> VideoFileSource:
+        """The same source (root, extension, cache size, annotation rate) reading ``layout``."""
+        return VideoFileSource(self.root, layout, self.extension, self.cache_size, self.annotation_fps)
 
     def info(self, video_id: str):
         if video_id not in self._infos:
@@ -913,7 +924,11 @@ class FrameFolderSource:
         if video_id not in self._counts:
             folder = self.location(video_id)
             if not os.path.isdir(folder):
-                raise VideoDecodingError(f"Frame folder for video_id {video_id!r} not found: {folder!r}", path=folder)
+                raise VideoDecodingError(
+                    f"Frame folder for video_id {video_id!r} not found: {folder!r} (layout={self.layout!r})"
+                    + _other_layout_hint(self, video_id, os.path.isdir),
+                    path=folder,
+                )
             names = set(os.listdir(folder))
             prefix, suffix = self.template.split("{", 1)[0], self.template.rsplit("}", 1)[-1]
             candidates = sum(1 for n in names if n.startswith(prefix) and n.endswith(suffix))
@@ -928,6 +943,10 @@ class FrameFolderSource:
 
     def get_frames(self, video_id: str, indices: Sequence[int]) -> np.ndarray:
         return read_frame_folder(self.location(video_id), indices, self.template, self.start_index)
+
+    def _with_layout(self, layout: str) -> FrameFolderSource:
+        """The same source (root, frame rate, file names) reading ``layout``."""
+        return FrameFolderSource(self.root, layout, self._fps, self.template, self.start_index)
 
     def __repr__(self) -> str:
         return f"FrameFolderSource(root={self.root!r}, layout={self.layout!r})"
