@@ -584,6 +584,39 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def _check_num_views(num_views: Any, rows: int | None, streaming: bool) -> int:
+    """The number of views per clip as an int (1 for ``None``), checked against the ``rows`` of the video input.
+
+    ``num_views`` may be a 0-d integer tensor (what a data loader that moves the whole batch to tensors makes of the
+    collator's int).
+    """
+    if num_views is None:
+        return 1
+    views = num_views
+    if isinstance(views, torch.Tensor) and views.dim() == 0 and not (views.is_floating_point() or views.is_complex()):
+        views = views.item()
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise ValueError(
+            f"`num_views` must be a positive int (views per clip) or a 0-d integer tensor, got {num_views!r}."
+        )
+    if views > 1 and streaming:
+        raise ValueError(
+            f"`num_views` = {views} cannot be combined with `use_cache` / `cache_params`: a stream feeds one clip's "
+            "video in chunks, views are whole clips sampled at shifted positions. Stream with num_views=None (or 1)."
+        )
+    if rows is not None and rows % views:
+        raise ValueError(
+            f"The video input has {rows} rows, not a multiple of `num_views` = {views}: with views the inputs hold "
+            "B * num_views rows, each clip's views adjacent (as MambaVLCollator builds them)."
+        )
+    return views
+
+
+def _mean_over_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """``(B * V, C)`` logits, each clip's ``V`` views adjacent -> their mean ``(B, C)``, computed in float32."""
+    return logits.float().view(-1, views, logits.shape[-1]).mean(dim=1)
+
+
 class MambaVLForActionRecognition(MambaVLPreTrainedModel):
     """MambaVL with verb and noun classification heads (EPIC-KITCHENS-100 action recognition).
 
@@ -618,6 +651,7 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         output_attentions: bool | None = None,
         cache_params: MambaVLCache | None = None,
         use_cache: bool | None = None,
+        num_views: int | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> MambaVLActionRecognitionOutput | tuple[torch.Tensor, ...]:
         """Classify the verb and the noun of each clip.
@@ -634,13 +668,28 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
                 ids, instead of ``verb_labels`` and ``noun_labels``.
             cache_params, use_cache: stream the video in chunks, see :meth:`MambaVLModel.forward`; the logits are
                 those of the whole stream so far.
+            num_views: ``V`` temporal views per clip (the ``num_views`` of a :class:`~mambavl.data.MambaVLCollator`
+                batch; an int, or a 0-d integer tensor). The video and question inputs then hold ``B * V`` rows, the
+                ``V`` views of each clip adjacent (rows ``b * V`` to ``b * V + V - 1`` are clip ``b``), and the labels
+                ``B`` rows: ``verb_logits``/``noun_logits`` are the mean of each clip's views' logits (computed, and
+                returned, in float32) and the loss is taken on that mean. ``None`` or 1: one row per clip. Not with
+                ``use_cache``/``cache_params``.
 
         Returns:
             :class:`MambaVLActionRecognitionOutput` with ``verb_logits (B, num_verb_classes)``,
-            ``noun_logits (B, num_noun_classes)`` and, with labels, ``loss = verb_loss + noun_loss``.
+            ``noun_logits (B, num_noun_classes)`` and, with labels, ``loss = verb_loss + noun_loss``. With
+            ``num_views = V > 1`` only the logits and losses are per clip: ``verb_features``/``noun_features``
+            ``(B * V, D)``, ``video_hidden_states``, ``hidden_states`` and the attentions stay per view (what the
+            heads saw; each view is a different sampling of the clip, so they have no meaningful mean).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         verb_labels, noun_labels = _labels_from_kwargs(type(self).__name__, kwargs, verb_labels, noun_labels)
+        video_input = pixel_values if pixel_values is not None else video_features
+        views = _check_num_views(
+            num_views,
+            video_input.shape[0] if isinstance(video_input, torch.Tensor) and video_input.dim() > 0 else None,
+            streaming=bool(use_cache) or cache_params is not None,
+        )
         out = self.mambavl(
             pixel_values=pixel_values,
             video_features=video_features,
@@ -656,6 +705,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         )
         verb_logits = self.verb_head(self.dropout(out.verb_features))
         noun_logits = self.noun_head(self.dropout(out.noun_features))
+        if views > 1:
+            verb_logits, noun_logits = _mean_over_views(verb_logits, views), _mean_over_views(noun_logits, views)
         verb_loss = noun_loss = loss = None
         batch = verb_logits.shape[0]
         if verb_labels is not None:
