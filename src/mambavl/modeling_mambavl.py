@@ -584,14 +584,12 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def _check_num_views(num_views: Any, rows: int | None, streaming: bool) -> int:
-    """The number of views per clip as an int (1 for ``None``), checked against the ``rows`` of the video input.
+def _check_num_views(num_views: int | torch.Tensor, rows: int | None, streaming: bool) -> int:
+    """The number of views per clip as an int, checked against the ``rows`` of the video input (``None``: unknown).
 
     ``num_views`` may be a 0-d integer tensor (what a data loader that moves the whole batch to tensors makes of the
     collator's int).
     """
-    if num_views is None:
-        return 1
     views = num_views
     if isinstance(views, torch.Tensor) and views.dim() == 0 and not (views.is_floating_point() or views.is_complex()):
         views = views.item()
@@ -684,12 +682,11 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         verb_labels, noun_labels = _labels_from_kwargs(type(self).__name__, kwargs, verb_labels, noun_labels)
-        video_input = pixel_values if pixel_values is not None else video_features
-        views = _check_num_views(
-            num_views,
-            video_input.shape[0] if isinstance(video_input, torch.Tensor) and video_input.dim() > 0 else None,
-            streaming=bool(use_cache) or cache_params is not None,
-        )
+        views = 1  # (num_views=None, the default, adds nothing to a traced or exported graph)
+        if num_views is not None:
+            video = pixel_values if pixel_values is not None else video_features
+            rows = video.shape[0] if isinstance(video, torch.Tensor) and video.dim() > 0 else None
+            views = _check_num_views(num_views, rows, streaming=bool(use_cache) or cache_params is not None)
         out = self.mambavl(
             pixel_values=pixel_values,
             video_features=video_features,
