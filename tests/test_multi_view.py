@@ -130,3 +130,14 @@ def test_predict_actions_ranks_each_clip_of_a_multi_view_batch(synthetic):  # no
         list(zip(v, n, strict=True)) for v, n in zip(verb_ids.tolist(), noun_ids.tolist(), strict=True)
     ]
     np.testing.assert_allclose([[a["score"] for a in clip] for clip in ranked], scores.numpy(), rtol=1e-6)
+
+
+def test_views_are_averaged_in_float32_whatever_the_model_dtype():
+    torch.manual_seed(0)
+    model = MambaVLForActionRecognition(tiny_config()).eval().to(torch.bfloat16)
+    inputs = tiny_inputs(batch=CLIPS * VIEWS)
+    inputs["video_features"] = inputs["video_features"].to(torch.bfloat16)
+    per_view = model(**inputs).verb_logits
+    averaged = model(**inputs, num_views=VIEWS).verb_logits
+    assert per_view.dtype == torch.bfloat16 and averaged.dtype == torch.float32  # as training.evaluate averaged them
+    torch.testing.assert_close(averaged, per_view.float().view(CLIPS, VIEWS, -1).mean(1))

@@ -87,11 +87,11 @@ class MambaVLActionRecognitionOutput(ModelOutput):
         verb_loss: scalar cross-entropy of the verb head (mean over the labels that are not ``-100``; 0 when all
             are), when ``verb_labels`` are given.
         noun_loss: scalar cross-entropy of the noun head (likewise), when ``noun_labels`` are given.
-        verb_logits: ``(B, num_verb_classes)``.
-        noun_logits: ``(B, num_noun_classes)``.
-        verb_features: ``(B, D)`` input of the verb head.
-        noun_features: ``(B, D)`` input of the noun head.
-        video_hidden_states: ``(B, F, D)`` fused video tokens.
+        verb_logits: ``(B, num_verb_classes)`` (with ``num_views = V``: each clip's views' mean, float32).
+        noun_logits: ``(B, num_noun_classes)`` (likewise).
+        verb_features: ``(B, D)`` input of the verb head (``(B * V, D)``, per view, with ``num_views = V``).
+        noun_features: ``(B, D)`` input of the noun head (likewise).
+        video_hidden_states: ``(B, F, D)`` fused video tokens (``(B * V, F, D)`` with ``num_views = V``).
         hidden_states: see :class:`MambaVLModelOutput`.
         video_attentions, verb_question_attentions, noun_question_attentions: see :class:`MambaVLModelOutput`.
         cache: see :class:`MambaVLModelOutput` (also ``cache_params``).
@@ -739,10 +739,12 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         Args:
             k: number of (verb, noun) pairs per clip.
             **inputs: the model inputs (``pixel_values`` or ``video_features`` and the question ids/masks),
-                e.g. the output of :class:`~mambavl.MambaVLProcessor`. Labels are ignored.
+                e.g. the output of :class:`~mambavl.MambaVLProcessor`. Labels are ignored. A multi-view batch of
+                :class:`~mambavl.data.MambaVLCollator` (``B * V`` rows and ``num_views = V``) is ranked per clip on
+                its views' mean logits.
 
         Returns:
-            For each clip, ``k`` dicts ``{"verb_id", "noun_id", "verb", "noun", "score"}`` (names from
+            For each of the ``B`` clips, ``k`` dicts ``{"verb_id", "noun_id", "verb", "noun", "score"}`` (names from
             ``config.verb_id2label`` / ``noun_id2label`` when set, else ``None``), best first.
         """
         from .metrics import rank_actions
