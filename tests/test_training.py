@@ -140,9 +140,25 @@ def test_multi_view_evaluation_averages_views(synthetic):
         model, three, MambaVLCollator(processor), batch_size=4, progress_bar=False, return_predictions=True
     )
     assert single["num_samples"] == multi["num_samples"] == len(annotations)
-    logits = model(**{k: v for k, v in batch.items() if k not in ("num_views", "verb_labels", "noun_labels")})
-    expected = logits.verb_logits.view(2, 3, -1).mean(1)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k not in ("num_views", "verb_labels", "noun_labels")})
+        averaged = model(**{k: v for k, v in batch.items() if not k.endswith("_labels")})  # with num_views=3
+    expected = logits.verb_logits.view(2, 3, -1).mean(1)  # the per-view logits, averaged by hand
     torch.testing.assert_close(multi["predictions"]["verb_scores"][:2], expected)
+    torch.testing.assert_close(averaged.verb_logits, expected)
+    torch.testing.assert_close(multi["predictions"]["noun_scores"][:2], logits.noun_logits.view(2, 3, -1).mean(1))
+    # the views' mean differs from the single centre view: the views were really averaged
+    assert not torch.allclose(multi["predictions"]["verb_scores"], single["predictions"]["verb_scores"])
+
+
+def test_training_takes_the_loss_on_view_averaged_logits_of_multi_view_batches(synthetic, tmp_path):
+    processor, model = make_processor(synthetic), make_model(synthetic, head_dropout=0.0)
+    annotations = synthetic.load_annotations("train")
+    views = EK100SegmentDataset(annotations, synthetic.video_source(), num_frames=4, seed=0, num_views=2)
+    config = TrainingConfig(tmp_path, max_steps=1, batch_size=4, progress_bar=False, save_steps=None)
+    logged = []
+    train(model, views, MambaVLCollator(processor, training=True), config, callbacks=[logged.append])
+    assert len(logged) == 1 and torch.isfinite(torch.tensor(logged[0]["loss"]))
 
 
 def test_collator_refuses_items_with_different_numbers_of_views(synthetic):

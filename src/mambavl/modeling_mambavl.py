@@ -87,11 +87,11 @@ class MambaVLActionRecognitionOutput(ModelOutput):
         verb_loss: scalar cross-entropy of the verb head (mean over the labels that are not ``-100``; 0 when all
             are), when ``verb_labels`` are given.
         noun_loss: scalar cross-entropy of the noun head (likewise), when ``noun_labels`` are given.
-        verb_logits: ``(B, num_verb_classes)``.
-        noun_logits: ``(B, num_noun_classes)``.
-        verb_features: ``(B, D)`` input of the verb head.
-        noun_features: ``(B, D)`` input of the noun head.
-        video_hidden_states: ``(B, F, D)`` fused video tokens.
+        verb_logits: ``(B, num_verb_classes)`` (with ``num_views = V``: each clip's views' mean, float32).
+        noun_logits: ``(B, num_noun_classes)`` (likewise).
+        verb_features: ``(B, D)`` input of the verb head (``(B * V, D)``, per view, with ``num_views = V``).
+        noun_features: ``(B, D)`` input of the noun head (likewise).
+        video_hidden_states: ``(B, F, D)`` fused video tokens (``(B * V, F, D)`` with ``num_views = V``).
         hidden_states: see :class:`MambaVLModelOutput`.
         video_attentions, verb_question_attentions, noun_question_attentions: see :class:`MambaVLModelOutput`.
         cache: see :class:`MambaVLModelOutput` (also ``cache_params``).
@@ -584,6 +584,37 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def _check_num_views(num_views: int | torch.Tensor, rows: int | None, streaming: bool) -> int:
+    """The number of views per clip as an int, checked against the ``rows`` of the video input (``None``: unknown).
+
+    ``num_views`` may be a 0-d integer tensor (what a data loader that moves the whole batch to tensors makes of the
+    collator's int).
+    """
+    views = num_views
+    if isinstance(views, torch.Tensor) and views.dim() == 0 and not (views.is_floating_point() or views.is_complex()):
+        views = views.item()
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise ValueError(
+            f"`num_views` must be a positive int (views per clip) or a 0-d integer tensor, got {num_views!r}."
+        )
+    if views > 1 and streaming:
+        raise ValueError(
+            f"`num_views` = {views} cannot be combined with `use_cache` / `cache_params`: a stream feeds one clip's "
+            "video in chunks, views are whole clips sampled at shifted positions. Stream with num_views=None (or 1)."
+        )
+    if rows is not None and rows % views:
+        raise ValueError(
+            f"The video input has {rows} rows, not a multiple of `num_views` = {views}: with views the inputs hold "
+            "B * num_views rows, each clip's views adjacent (as MambaVLCollator builds them)."
+        )
+    return views
+
+
+def _mean_over_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """``(B * V, C)`` logits, each clip's ``V`` views adjacent -> their mean ``(B, C)``, computed in float32."""
+    return logits.float().view(-1, views, logits.shape[-1]).mean(dim=1)
+
+
 class MambaVLForActionRecognition(MambaVLPreTrainedModel):
     """MambaVL with verb and noun classification heads (EPIC-KITCHENS-100 action recognition).
 
@@ -618,6 +649,7 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         output_attentions: bool | None = None,
         cache_params: MambaVLCache | None = None,
         use_cache: bool | None = None,
+        num_views: int | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> MambaVLActionRecognitionOutput | tuple[torch.Tensor, ...]:
         """Classify the verb and the noun of each clip.
@@ -634,13 +666,27 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
                 ids, instead of ``verb_labels`` and ``noun_labels``.
             cache_params, use_cache: stream the video in chunks, see :meth:`MambaVLModel.forward`; the logits are
                 those of the whole stream so far.
+            num_views: ``V`` temporal views per clip (the ``num_views`` of a :class:`~mambavl.data.MambaVLCollator`
+                batch; an int, or a 0-d integer tensor). The video and question inputs then hold ``B * V`` rows, the
+                ``V`` views of each clip adjacent (rows ``b * V`` to ``b * V + V - 1`` are clip ``b``), and the labels
+                ``B`` rows: ``verb_logits``/``noun_logits`` are the mean of each clip's views' logits (computed, and
+                returned, in float32) and the loss is taken on that mean. ``None`` or 1: one row per clip. Not with
+                ``use_cache``/``cache_params``.
 
         Returns:
             :class:`MambaVLActionRecognitionOutput` with ``verb_logits (B, num_verb_classes)``,
-            ``noun_logits (B, num_noun_classes)`` and, with labels, ``loss = verb_loss + noun_loss``.
+            ``noun_logits (B, num_noun_classes)`` and, with labels, ``loss = verb_loss + noun_loss``. With
+            ``num_views = V > 1`` only the logits and losses are per clip: ``verb_features``/``noun_features``
+            ``(B * V, D)``, ``video_hidden_states``, ``hidden_states`` and the attentions stay per view (what the
+            heads saw; each view is a different sampling of the clip, so they have no meaningful mean).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         verb_labels, noun_labels = _labels_from_kwargs(type(self).__name__, kwargs, verb_labels, noun_labels)
+        views = 1  # (num_views=None, the default, adds nothing to a traced or exported graph)
+        if num_views is not None:
+            video = pixel_values if pixel_values is not None else video_features
+            rows = video.shape[0] if isinstance(video, torch.Tensor) and video.dim() > 0 else None
+            views = _check_num_views(num_views, rows, streaming=bool(use_cache) or cache_params is not None)
         out = self.mambavl(
             pixel_values=pixel_values,
             video_features=video_features,
@@ -656,6 +702,8 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         )
         verb_logits = self.verb_head(self.dropout(out.verb_features))
         noun_logits = self.noun_head(self.dropout(out.noun_features))
+        if views > 1:
+            verb_logits, noun_logits = _mean_over_views(verb_logits, views), _mean_over_views(noun_logits, views)
         verb_loss = noun_loss = loss = None
         batch = verb_logits.shape[0]
         if verb_labels is not None:
@@ -691,10 +739,12 @@ class MambaVLForActionRecognition(MambaVLPreTrainedModel):
         Args:
             k: number of (verb, noun) pairs per clip.
             **inputs: the model inputs (``pixel_values`` or ``video_features`` and the question ids/masks),
-                e.g. the output of :class:`~mambavl.MambaVLProcessor`. Labels are ignored.
+                e.g. the output of :class:`~mambavl.MambaVLProcessor`. Labels are ignored. A multi-view batch of
+                :class:`~mambavl.data.MambaVLCollator` (``B * V`` rows and ``num_views = V``) is ranked per clip on
+                its views' mean logits.
 
         Returns:
-            For each clip, ``k`` dicts ``{"verb_id", "noun_id", "verb", "noun", "score"}`` (names from
+            For each of the ``B`` clips, ``k`` dicts ``{"verb_id", "noun_id", "verb", "noun", "score"}`` (names from
             ``config.verb_id2label`` / ``noun_id2label`` when set, else ``None``), best first.
         """
         from .metrics import rank_actions

@@ -60,6 +60,7 @@ MODEL_INPUT_NAMES = (
     "verb_attention_mask",
     "noun_input_ids",
     "noun_attention_mask",
+    "num_views",  # a multi-view batch's views per clip: the model averages each clip's views' logits
     "verb_labels",
     "noun_labels",
 )
@@ -234,7 +235,8 @@ def _set_epoch(epoch: int, *objects: Any) -> None:
             obj.set_epoch(epoch)
 
 
-def _model_inputs(batch: Mapping[str, Any], with_labels: bool = True) -> dict[str, torch.Tensor]:
+def _model_inputs(batch: Mapping[str, Any], with_labels: bool = True) -> dict[str, Any]:
+    """The batch's model arguments (tensors, and a multi-view batch's ``num_views`` int); no metadata."""
     names = MODEL_INPUT_NAMES if with_labels else MODEL_INPUT_NAMES[:-2]
     return {k: v for k, v in batch.items() if k in names and v is not None}
 
@@ -352,7 +354,8 @@ def evaluate(
     """Evaluate verb/noun/action metrics on a dataset.
 
     Batches may carry several temporal views per clip (``num_views`` in the batch, inputs of ``B * V`` rows): the
-    logits of a clip's views are averaged.
+    model gets ``num_views`` and returns the mean of each clip's views' logits (see
+    :meth:`~mambavl.MambaVLForActionRecognition.forward`), as it does under ``transformers.Trainer``.
 
     Args:
         model: a :class:`~mambavl.MambaVLForActionRecognition` (or anticipation) model.
@@ -391,11 +394,7 @@ def evaluate(
         if _every_segment_skipped(batch, accelerator):
             continue
         out = model(**_model_inputs(batch, with_labels=False))
-        verb_logits, noun_logits = out.verb_logits.float(), out.noun_logits.float()
-        views = int(batch.get("num_views", 1))
-        if views > 1:
-            verb_logits = verb_logits.view(-1, views, verb_logits.shape[-1]).mean(1)
-            noun_logits = noun_logits.view(-1, views, noun_logits.shape[-1]).mean(1)
+        verb_logits, noun_logits = out.verb_logits.float(), out.noun_logits.float()  # per clip, views averaged
         gathered = accelerator.gather_for_metrics(
             (verb_logits, noun_logits, batch["verb_labels"], batch["noun_labels"])
         )

@@ -29,7 +29,8 @@ class MambaVLCollator:
     ``transformers.Trainer`` passes over them too.
 
     With several views the model inputs have ``B * V`` rows (views of a clip adjacent), the labels ``B`` rows, and
-    the batch has ``num_views = V``; :func:`mambavl.training.evaluate` averages the views' logits.
+    the batch has ``num_views = V``, which the model's forward takes: it averages each clip's views' logits (so
+    ``transformers.Trainer.evaluate``/``predict`` and :func:`mambavl.training.evaluate` get one row per clip).
 
     Args:
         processor: a :class:`~mambavl.MambaVLProcessor` (its class names turn class ids into training questions).
