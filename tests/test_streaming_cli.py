@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,22 @@ def test_evaluate_online_with_an_anticipation_model(saved, tmp_path):
         times = np.array([(f - 1) / info.fps for f in range(8, n + 1, 4)])
         expected += int((labels[vid].anticipation_targets(times, 1.0)[0] >= 0).sum())
     assert metrics["num_action_steps"] == expected
+
+
+def test_stream_names_a_video_id_missing_from_the_annotations_before_streaming(saved, tmp_path):
+    # kitchen.mp4 with the annotations of other videos: the default id ("kitchen") is not in the file. It used to
+    # stream the whole video, then stop with "no step has an action label".
+    root, info = saved
+    video = tmp_path / "kitchen.mp4"
+    video.write_bytes(Path(info.video_path(info.video_ids[0])).read_bytes())
+    args = ["stream", str(video), "--model", str(root / "model"), "--annotations", str(info.annotations_path),
+            "--window", "8", "--stride", "4", "--output-dir", str(tmp_path), "--quiet"]  # fmt: skip
+    missing = rf"no segment of video 'kitchen' \(the file name .*--video-id.*{info.video_ids[0]}"
+    with pytest.raises(SystemExit, match=missing):
+        main(args)
+    assert not (tmp_path / "kitchen.predictions.jsonl").exists()  # nothing streamed
+    with pytest.raises(SystemExit, match=r"no segment of video 'P99_01' \(--video-id\)"):
+        main([*args, "--video-id", "P99_01"])
+    assert main([*args, "--video-id", info.video_ids[0]]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "kitchen.predictions.jsonl").read_text().splitlines()]
+    assert any(r["true_verb_id"] >= 0 for r in rows)

@@ -297,6 +297,18 @@ def add_stream_parser(sub: Any) -> None:
 def run_stream(args: argparse.Namespace) -> int:
     """``mambavl stream``."""
     features = args.video.suffix.lower() in FEATURE_SUFFIXES
+    labels = truth = None
+    if args.annotations is not None:  # read before the stream: a bad file or a wrong video id fails at once
+        video_id = args.video_id or args.video.stem
+        all_labels = _read_labels(args.annotations, args.annotation_fps)
+        if video_id not in all_labels:
+            known = list(all_labels)
+            given = "--video-id" if args.video_id else "the file name without suffix; pass --video-id"
+            raise SystemExit(
+                f"--annotations {args.annotations} has no segment of video {video_id!r} ({given}); its videos: "
+                f"{', '.join(known[:10])}{' ...' if len(known) > 10 else ''}."
+            )
+        labels = all_labels[video_id]
     model, processor = _load(args.model, args.pool_window, features=features, stride=args.stride)
 
     def show(step: Any, bar: Any) -> None:
@@ -313,12 +325,8 @@ def run_stream(args: argparse.Namespace) -> int:
     if not steps:
         raise SystemExit(f"{args.video}: too short for one step ({duration:.2f} s).")
     task = steps[0].task
-    labels = truth = None
-    if args.annotations is not None:
-        video_id = args.video_id or args.video.stem
-        labels = _read_labels(
-            args.annotations, args.annotation_fps, durations={video_id: duration}, video_ids=[video_id]
-        )[video_id]
+    if labels is not None:
+        labels.duration = max(labels.duration, duration)  # the end of the video past its last segment is background
         truth = _truth(labels, steps, task, args.anticipation_time)
     out = args.output or args.output_dir / f"{args.video.stem}.predictions.jsonl"
     write_predictions(out, steps, truth)
