@@ -161,3 +161,29 @@ def test_iter_video_frames_decodes_in_chunks_and_subsamples(tmp_path):
     assert sum(c.shape[0] for c, _ in every) == 25 and every[0][1] == 10.0
     with pytest.raises(ValueError, match="sample_fps"):
         next(iter_video_frames(path, sample_fps=0))
+
+
+def test_a_reused_input_buffer_does_not_change_the_stream():
+    # a camera (or a feature extractor) that writes every frame into one array: the streamer must keep its own
+    # copies of the window's frames and of the pending feature steps, or the window silently becomes n copies of
+    # the last frame
+    proc = processor()
+    model = frame_model(pool_window=8)
+    frames = np.random.default_rng(0).integers(0, 255, (12, 20, 20, 3), dtype=np.uint8)
+    expected = MambaVLStreamer(model, proc, window=6, stride=3).push_frames(frames)
+    streamer, buffer, steps = MambaVLStreamer(model, proc, window=6, stride=3), np.empty_like(frames[0]), []
+    for frame in frames:
+        buffer[:] = frame
+        steps += streamer.push_frames(buffer)
+    assert len(steps) == len(expected) == 3
+    for got, want in zip(steps, expected, strict=True):
+        torch.testing.assert_close(got.verb_logits, want.verb_logits)
+    model = feature_model(pool_window=4)
+    features = torch.randn(12, 12)
+    expected = MambaVLStreamer(model, proc, stride=4).push_features(features)
+    streamer, buffer, steps = MambaVLStreamer(model, proc, stride=4), torch.empty(1, 12), []
+    for row in features:
+        buffer[0] = row
+        steps += streamer.push_features(buffer)
+    for got, want in zip(steps, expected, strict=True):
+        torch.testing.assert_close(got.verb_logits, want.verb_logits)

@@ -206,7 +206,9 @@ class MambaVLStreamer:
         """Feed decoded frames; returns the steps they completed (possibly none).
 
         Args:
-            frames: ``(n, H, W, 3)`` uint8 frames (array or tensor), one ``(H, W, 3)`` frame, or a list of frames.
+            frames: ``(n, H, W, 3)`` uint8 frames (array or tensor), one ``(H, W, 3)`` frame, or a list of frames,
+                all of one size. The streamer keeps a copy of the frames of its window, so the caller may reuse its
+                buffer (e.g. a camera writing every frame into one array).
         """
         if self.processor is None:
             raise ValueError("Streaming frames needs a `processor` (MambaVLProcessor) to turn them into pixel_values.")
@@ -223,7 +225,8 @@ class MambaVLStreamer:
         stride = self.stride or self.window
         out = []
         for frame in frames:
-            self._frames.append(np.asarray(frame))
+            frame = np.array(frame.cpu() if isinstance(frame, torch.Tensor) else frame)  # a copy: buffers get reused
+            self._frames.append(frame)
             self.frames_seen += 1
             if self.frames_seen >= self.window and (self.frames_seen - self.window) % stride == 0:
                 pixel_values = self.processor.video_processor([np.stack(self._frames)], return_tensors="pt")[
@@ -249,7 +252,7 @@ class MambaVLStreamer:
         start = 0
         while start < x.shape[0]:
             take = min(stride - self._pending_len, x.shape[0] - start)
-            self._pending.append(x[start : start + take])
+            self._pending.append(x[start : start + take].clone())  # a copy: the caller may reuse its buffer
             self._pending_len += take
             self.frames_seen += take
             start += take
