@@ -187,3 +187,27 @@ def test_a_reused_input_buffer_does_not_change_the_stream():
         steps += streamer.push_features(buffer)
     for got, want in zip(steps, expected, strict=True):
         torch.testing.assert_close(got.verb_logits, want.verb_logits)
+
+
+def test_bad_frames_and_mixed_inputs_are_named_when_pushed():
+    model, proc = frame_model(pool_window=8), processor()
+    streamer = MambaVLStreamer(model, proc, window=6, stride=3)
+    # a stack of grayscale frames used to be buffered as one (4, 20, 20) "frame" and fail (or not) windows later
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) RGB, got shape \(4, 20, 20\)"):
+        streamer.push_frames(np.zeros((4, 20, 20), np.uint8))
+    streamer.reset()
+    streamer.push_frames(np.zeros((2, 20, 20, 3), np.uint8))
+    with pytest.raises(
+        ValueError, match=r"Frame 2 of the stream has shape \(24, 24, 3\), the previous one \(20, 20, 3\)"
+    ):
+        streamer.push_frames([np.zeros((24, 24, 3), np.uint8)])  # used to fail in np.stack, naming nothing
+    with pytest.raises(ValueError, match="fed frames, now features"):
+        streamer.push_features(torch.zeros(3, model.config.video_feature_size))
+    with pytest.raises(ValueError, match="`fps` must be a positive number, got '10'"):
+        MambaVLStreamer(model, proc, fps="10")
+    model = feature_model()
+    features = torch.randn(6, 12)
+    features[4, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 of its 6 rows \(first: row 4"):
+        MambaVLStreamer(model, proc, stride=3).push_features(features)  # used to fail in the metrics' ranking
+    assert len(MambaVLStreamer(model, proc, stride=3, fps=np.float32(2.0)).push_features(features[:3])) == 1
