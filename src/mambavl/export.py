@@ -204,6 +204,7 @@ class OnnxStreamingSession:
         self.session = onnxruntime.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokens_per_step = int(self.session.get_inputs()[0].shape[1])
+        self.feature_size = int(self.session.get_inputs()[0].shape[2])
         initial = load_file(str(state_path))
         missing = [n for n in self.input_names[1:] if n not in initial]
         if missing:
@@ -221,15 +222,19 @@ class OnnxStreamingSession:
         return int(sum(a.nbytes for a in self.state))
 
     def step(self, video_features: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Read ``(1, f, video_feature_size)`` new video tokens; return ``verb_logits (1, V), noun_logits (1, N)``."""
+        """Read ``(1, f, video_feature_size)`` (or ``(f, video_feature_size)``) new video tokens; return
+        ``verb_logits (1, V), noun_logits (1, N)``."""
         x = np.ascontiguousarray(np.asarray(video_features, dtype=np.float32))
         if x.ndim == 2:
             x = x[None]
-        if x.ndim != 3 or x.shape[:2] != (1, self.tokens_per_step):
+        expected = (1, self.tokens_per_step, self.feature_size)
+        if x.shape != expected:
             raise ValueError(
-                f"`video_features` must be (1, {self.tokens_per_step}, D) (the tokens per step fixed at export), got "
-                f"{x.shape}."
+                f"`video_features` must be {expected} (the tokens per step and video_feature_size fixed at export), "
+                f"got {x.shape}."
             )
+        if not np.isfinite(x).all():  # it would enter the carried state and every later step
+            raise ValueError("`video_features` has NaN or infinite values; the carried state is left as it was.")
         outputs = self.session.run(None, dict(zip(self.input_names, [x, *self.state], strict=True)))
         self.state = list(outputs[2:])
         return outputs[0], outputs[1]
