@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,11 @@ def export_streaming_step(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     step = StreamingStep(traced).eval()
-    with torch.no_grad():
+    # The tracer warns at every Python-level shape check and int() of a shape ("might cause the trace to be
+    # incorrect"): here they are the input checks and sizes that are fixed at export by design (f tokens a step,
+    # batch 1, the cache's shapes), so the warnings would only alarm the user.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             step, (example, *state), str(path), input_names=input_names, output_names=output_names,
             opset_version=opset_version, dynamo=False,
