@@ -118,7 +118,7 @@ def _setup_logging(verbose: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_source_arguments(parser: argparse.ArgumentParser, online: bool = False) -> None:
     group = parser.add_argument_group("video source (exactly one)")
     source = group.add_mutually_exclusive_group(required=True)
     source.add_argument("--video-root", type=Path, help="folder of video files (default: none)")
@@ -136,7 +136,11 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--annotation-fps", type=_positive_float, default=None,
         help="frame rate of start_frame/stop_frame when it differs from the videos' (EPIC-KITCHENS-100: 60) "
-        "(default: none, the videos' own rate)",
+        + (
+            "(default: none, the videos' own rate; --task online reads the start/stop timestamps unless it is given)"
+            if online
+            else "(default: none, the videos' own rate)"
+        ),
     )  # fmt: skip
 
 
@@ -519,7 +523,7 @@ def _evaluate_parser(sub: Any) -> None:
     )
     p.add_argument("--model", required=True, help="a saved MambaVL folder")
     p.add_argument("--annotations", type=Path, required=True, help="EK100-format CSV with verb_class/noun_class")
-    _add_source_arguments(p)
+    _add_source_arguments(p, online=True)
     _add_task_arguments(p, online=True)
     p.add_argument("--num-views", type=_positive_int, default=1, help="temporal views averaged per clip")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per batch")
