@@ -146,3 +146,20 @@ def test_stream_names_a_video_id_missing_from_the_annotations_before_streaming(s
     assert main([*args, "--video-id", info.video_ids[0]]) == 0
     rows = [json.loads(line) for line in (tmp_path / "kitchen.predictions.jsonl").read_text().splitlines()]
     assert any(r["true_verb_id"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--task", "streaming", "--long-videos", "0"],  # used to fail only after the whole training run
+        ["stream", "v.mp4", "--model", "m", "--window", "0"],
+        ["stream", "v.mp4", "--model", "m", "--stride", "-2"],
+        ["evaluate", "--task", "online", "--model", "m", "--annotations", "a", "--video-root", "v", "--top-k", "x"],
+    ],
+)
+def test_streaming_counts_are_checked_when_parsed(argv, capsys):
+    option = next(a for a in argv if a in ("--long-videos", "--window", "--stride", "--top-k"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {option}: expected a positive integer" in capsys.readouterr().err

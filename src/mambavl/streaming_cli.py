@@ -33,15 +33,26 @@ DEMO_WINDOW, DEMO_STRIDE, DEMO_LONG_VIDEOS, DEMO_SEGMENTS = 16, 4, 3, 30
 
 
 # ---------------------------------------------------------------------------------------------------- shared helpers
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse's error names the option), as ``mambavl.cli``'s options have."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _add_streamer_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("streaming")
     g.add_argument(
-        "--window", type=int, default=None,
+        "--window", type=_positive_int, default=None,
         help="frames the video encoder reads at each step; the processor samples its num_frames from them "
         "(default: the processor's num_frames)",
     )  # fmt: skip
     g.add_argument(
-        "--stride", type=int, default=None,
+        "--stride", type=_positive_int, default=None,
         help="frames (or feature steps) between two steps (default: the window for frames, 1 for features)",
     )  # fmt: skip
     g.add_argument(
@@ -277,7 +288,7 @@ def add_stream_parser(sub: Any) -> None:
         "(default: %(default)s)",
     )  # fmt: skip
     _add_streamer_arguments(p)
-    p.add_argument("--top-k", type=int, default=5, help="actions reported per step (default: %(default)s)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="actions reported per step (default: %(default)s)")
     p.add_argument(
         "--output", type=Path, default=None,
         help="predictions file, .jsonl or .csv (default: <output-dir>/<video>.predictions.jsonl)",
@@ -368,7 +379,10 @@ def add_online_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_streamer_arguments(parser)
     g = parser.add_argument_group("online evaluation")
     g.add_argument(
-        "--top-k", type=int, default=5, help="actions kept per step in the predictions (default: %(default)s)"
+        "--top-k",
+        type=_positive_int,
+        default=5,
+        help="actions kept per step in the predictions (default: %(default)s)",
     )
     g.add_argument(
         "--predictions-dir", type=Path, default=None,
@@ -439,7 +453,7 @@ def add_streaming_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mambavl demo --task streaming`` (added to the demo parser)."""
     g = parser.add_argument_group("--task streaming")
     g.add_argument(
-        "--long-videos", type=int, default=DEMO_LONG_VIDEOS,
+        "--long-videos", type=_positive_int, default=DEMO_LONG_VIDEOS,
         help=f"held-out untrimmed videos streamed, {DEMO_SEGMENTS} actions each (default: %(default)s)",
     )  # fmt: skip
 
