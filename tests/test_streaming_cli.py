@@ -163,3 +163,17 @@ def test_streaming_counts_are_checked_when_parsed(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert f"argument {option}: expected a positive integer" in capsys.readouterr().err
+
+
+def test_a_stream_too_short_for_one_step_says_what_a_step_needs(saved, tmp_path):
+    root, info = saved
+    video = info.video_path(info.video_ids[0])
+    frames = info.num_frames[info.video_ids[0]]
+    # the message was only "too short for one step (N s)", with no word of the window
+    with pytest.raises(SystemExit, match=rf"{frames} frames at 8 per second; a step needs --window 1000 frames"):
+        main(["stream", video, "--model", str(root / "model"), "--window", "1000", "--quiet", "--no-timeline",
+              "--output-dir", str(tmp_path)])  # fmt: skip
+    np.save(tmp_path / "feats.npy", np.zeros((3, 24), np.float32))
+    with pytest.raises(SystemExit, match=r"3 feature steps at 1 per second; a step needs --stride 5 feature steps"):
+        main(["stream", str(tmp_path / "feats.npy"), "--model", str(root / "model"), "--stride", "5", "--quiet",
+              "--output-dir", str(tmp_path)])  # fmt: skip

@@ -329,12 +329,19 @@ def run_stream(args: argparse.Namespace) -> int:
                       f"{top['score']:.3f}")  # fmt: skip
 
     start = time.time()
-    steps, _, duration = stream_source(
+    steps, fps, duration = stream_source(
         lambda fps, features: _make_streamer(model, processor, args, fps, features), args.video,
         sample_fps=args.sample_fps, feature_fps=args.feature_fps, progress=not args.quiet, on_step=show,
     )  # fmt: skip
     if not steps:
-        raise SystemExit(f"{args.video}: too short for one step ({duration:.2f} s).")
+        if features:
+            need = f"--stride {args.stride or 1} feature steps"
+        else:
+            need = f"--window {args.window or processor.video_processor.num_frames} frames"
+        raise SystemExit(
+            f"{args.video}: too short for one step ({duration:.2f} s, {round(duration * fps)} "
+            f"{'feature steps' if features else 'frames'} at {fps:g} per second; a step needs {need})."
+        )
     task = steps[0].task
     if labels is not None:
         labels.duration = max(labels.duration, duration)  # the end of the video past its last segment is background
