@@ -211,3 +211,16 @@ def test_bad_frames_and_mixed_inputs_are_named_when_pushed():
     with pytest.raises(ValueError, match=r"NaN or infinite values in 1 of its 6 rows \(first: row 4"):
         MambaVLStreamer(model, proc, stride=3).push_features(features)  # used to fail in the metrics' ranking
     assert len(MambaVLStreamer(model, proc, stride=3, fps=np.float32(2.0)).push_features(features[:3])) == 1
+
+
+def test_stream_of_iter_video_frames_pairs_says_to_unpack_them(tmp_path):
+    from mambavl.data import write_video
+    from mambavl.streaming import iter_video_frames
+
+    path = tmp_path / "v.mp4"
+    write_video(path, np.zeros((8, 16, 16, 3), np.uint8), fps=8)
+    streamer = MambaVLStreamer(frame_model(pool_window=8), processor(), window=4, stride=4)
+    # stream() was given iter_video_frames' (frames, fps) pairs: the message said "pass a batch as (n, H, W, 3)"
+    with pytest.raises(ValueError, match=r"iter_video_frames yields \(frames, fps\) pairs"):
+        list(streamer.stream(iter_video_frames(path)))
+    assert len(list(streamer.stream(frames for frames, _ in iter_video_frames(path)))) == 2

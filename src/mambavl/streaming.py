@@ -229,6 +229,11 @@ class MambaVLStreamer:
         out = []
         for frame in frames:
             frame = np.array(frame.cpu() if isinstance(frame, torch.Tensor) else frame)  # a copy: buffers get reused
+            if frame.ndim == 4:  # e.g. iter_video_frames' (frames, fps) pairs given to stream() as they come
+                raise ValueError(
+                    f"`frames` holds a batch of frames {frame.shape} as one of its items: pass the (n, H, W, 3) array "
+                    "itself (iter_video_frames yields (frames, fps) pairs: `for frames, fps in ...`)."
+                )
             if frame.ndim != 3 or 3 not in (frame.shape[-1], frame.shape[0]):
                 raise ValueError(
                     f"Each frame must be (H, W, 3) RGB, got shape {frame.shape} (frame {self.frames_seen} of the "
