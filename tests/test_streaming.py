@@ -224,3 +224,20 @@ def test_stream_of_iter_video_frames_pairs_says_to_unpack_them(tmp_path):
     with pytest.raises(ValueError, match=r"iter_video_frames yields \(frames, fps\) pairs"):
         list(streamer.stream(iter_video_frames(path)))
     assert len(list(streamer.stream(frames for frames, _ in iter_video_frames(path)))) == 2
+
+
+def test_the_streaming_concept_pages_python_block_runs_as_written(tmp_path, monkeypatch, capsys):
+    # docs/concepts/streaming.md's example used first_chunk, verb_ids, noun_ids and later_chunks without saying
+    # where they come from: NameError for a reader who ran it after `mambavl demo`
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts" / "streaming.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", page, re.S)
+    model_dir = tmp_path / "runs" / "demo" / "run" / "model"
+    frame_model().save_pretrained(model_dir)
+    processor().save_pretrained(model_dir)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "streaming.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[-1].split()[-2:] == ["100", lines[0].split()[-1]]  # 100 tokens, one size
