@@ -177,3 +177,16 @@ def test_a_stream_too_short_for_one_step_says_what_a_step_needs(saved, tmp_path)
     with pytest.raises(SystemExit, match=r"3 feature steps at 1 per second; a step needs --stride 5 feature steps"):
         main(["stream", str(tmp_path / "feats.npy"), "--model", str(root / "model"), "--stride", "5", "--quiet",
               "--output-dir", str(tmp_path)])  # fmt: skip
+
+
+def test_stream_output_must_be_jsonl_or_csv(saved, tmp_path):
+    from mambavl.streaming_cli import write_predictions
+
+    root, info = saved
+    # --output preds.json used to get JSON Lines under a .json name (and .txt the same), found out only on reading
+    with pytest.raises(SystemExit, match=r"--output .*preds\.json: the predictions are written as \.jsonl or \.csv"):
+        main(["stream", info.video_path(info.video_ids[0]), "--model", str(root / "model"), "--output",
+              str(tmp_path / "preds.json"), "--quiet"])  # fmt: skip
+    assert not (tmp_path / "preds.json").exists()
+    with pytest.raises(ValueError, match=r"\.jsonl or \.csv .*preds\.txt"):
+        write_predictions(tmp_path / "preds.txt", [])

@@ -28,6 +28,7 @@ __all__ = [
 logger = logging.getLogger("mambavl")
 
 FEATURE_SUFFIXES = (".safetensors", ".npy")
+PREDICTION_SUFFIXES = (".jsonl", ".csv")
 #: The streaming demo: windows of 16 frames (1.3 s at 12 fps, about one action), a step every 4 frames (3 per second).
 DEMO_WINDOW, DEMO_STRIDE, DEMO_LONG_VIDEOS, DEMO_SEGMENTS = 16, 4, 3, 30
 
@@ -194,6 +195,8 @@ def write_predictions(path: str | Path, steps: Sequence[Any], truth: Any = None)
     ``truth``: optional ``(verb_ids, noun_ids)`` arrays of the ground truth at each step (-1 for background).
     """
     path = Path(path)
+    if path.suffix.lower() not in PREDICTION_SUFFIXES:
+        raise ValueError(f"Predictions are written as .jsonl or .csv (by suffix), got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
         with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -308,6 +311,8 @@ def add_stream_parser(sub: Any) -> None:
 def run_stream(args: argparse.Namespace) -> int:
     """``mambavl stream``."""
     features = args.video.suffix.lower() in FEATURE_SUFFIXES
+    if args.output is not None and args.output.suffix.lower() not in PREDICTION_SUFFIXES:
+        raise SystemExit(f"--output {args.output}: the predictions are written as .jsonl or .csv (by suffix).")
     labels = truth = None
     if args.annotations is not None:  # read before the stream: a bad file or a wrong video id fails at once
         video_id = args.video_id or args.video.stem
