@@ -192,6 +192,11 @@ class OnnxStreamingSession:
         path: the ``.onnx`` file of :func:`export_streaming_step` (its ``.state.safetensors`` beside it).
         providers: onnxruntime execution providers (default: the CPU).
 
+    Attributes:
+        tokens_per_step: ``f``, the video tokens each :meth:`step` reads (fixed at export).
+        feature_size: ``video_feature_size``, the size of each token.
+        state: the carried cache arrays, in the order of the model's cache inputs.
+
     Example:
 
     >>> session = OnnxStreamingSession("step.onnx")                                  # doctest: +SKIP

@@ -296,7 +296,17 @@ class MambaVLStreamer:
         self._fed = kind
 
     def stream(self, chunks: Iterable[Any], *, features: bool = False) -> Iterator[StreamStep]:
-        """Yield the steps of a whole stream of frame (or feature) chunks, after a :meth:`reset`."""
+        """Yield the steps of a whole stream of frame (or feature) chunks, after a :meth:`reset`.
+
+        Args:
+            chunks: an iterable of ``(n, H, W, 3)`` uint8 frame chunks (what :meth:`push_frames` takes; unpack
+                :func:`iter_video_frames`' ``(frames, fps)`` pairs), or with ``features=True`` of
+                ``(n, video_feature_size)`` feature chunks (what :meth:`push_features` takes).
+            features: the chunks are feature steps, not frames.
+
+        Yields:
+            :class:`StreamStep`, in order.
+        """
         self.reset()
         push = self.push_features if features else self.push_frames
         for chunk in chunks:
