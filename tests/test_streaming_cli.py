@@ -190,3 +190,17 @@ def test_stream_output_must_be_jsonl_or_csv(saved, tmp_path):
     assert not (tmp_path / "preds.json").exists()
     with pytest.raises(ValueError, match=r"\.jsonl or \.csv .*preds\.txt"):
         write_predictions(tmp_path / "preds.txt", [])
+
+
+def test_evaluate_names_options_of_the_other_task(saved, tmp_path):
+    root, info = saved
+    base = ["evaluate", "--model", str(root / "model"), "--annotations", str(info.annotations_path), "--video-root",
+            str(info.videos_dir)]  # fmt: skip
+    # streaming options without --task online used to be ignored: a recognition run over the segments printed
+    # clip metrics, and --predictions-dir stayed empty
+    with pytest.raises(SystemExit, match=r"--window, --predictions-dir: options of --task online, not of --task "):
+        main([*base, "--window", "8", "--predictions-dir", str(tmp_path / "p")])
+    # and --task online ignored the clip options
+    with pytest.raises(SystemExit, match=r"--num-views, --skip-unreadable: not read by --task online"):
+        main([*base, "--task", "online", "--num-views", "2", "--skip-unreadable"])
+    assert not (tmp_path / "p").exists()

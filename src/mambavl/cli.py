@@ -536,8 +536,38 @@ def _evaluate_parser(sub: Any) -> None:
     streaming.add_online_evaluate_arguments(p)
 
 
+#: Options of `mambavl evaluate` that --task online does not read (it streams whole videos, one step at a time).
+_NOT_ONLINE = ("--num-views", "--batch-size", "--skip-unreadable", "--observation-time")
+
+
+def _options_given(args: argparse.Namespace, command: str, wanted: Any) -> list[str]:
+    """The options of ``mambavl <command>`` for which ``wanted(option, group title)`` holds and whose value differs
+    from their default (argparse does not record what was typed; a default typed out is not caught)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return [
+        action.option_strings[0]
+        for group in sub._action_groups
+        for action in group._group_actions
+        if action.option_strings
+        and wanted(action.option_strings[0], group.title)
+        and getattr(args, action.dest, action.default) != action.default
+    ]
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    if args.task == "online":
+    online = args.task == "online"
+    misplaced = _options_given(
+        args, "evaluate",
+        (lambda option, _: option in _NOT_ONLINE) if online
+        else (lambda _, group: group in ("streaming", "online evaluation")),
+    )  # fmt: skip
+    if misplaced:
+        raise SystemExit(
+            f"{', '.join(misplaced)}: not read by --task online (it streams each whole video)."
+            if online
+            else f"{', '.join(misplaced)}: options of --task online, not of --task {args.task} (add --task online)."
+        )
+    if online:
         return streaming.run_evaluate_online(args)
     from . import MambaVLProcessor
     from .data import MambaVLCollator
