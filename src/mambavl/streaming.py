@@ -300,12 +300,12 @@ class MambaVLStreamer:
 
         Args:
             chunks: an iterable of ``(n, H, W, 3)`` uint8 frame chunks (what :meth:`push_frames` takes; unpack
-                :func:`iter_video_frames`' ``(frames, fps)`` pairs), or with ``features=True`` of
+                :func:`~mambavl.streaming.iter_video_frames`' ``(frames, fps)`` pairs), or with ``features=True`` of
                 ``(n, video_feature_size)`` feature chunks (what :meth:`push_features` takes).
             features: the chunks are feature steps, not frames.
 
         Yields:
-            :class:`StreamStep`, in order.
+            :class:`~mambavl.streaming.StreamStep`, in order.
         """
         self.reset()
         push = self.push_features if features else self.push_frames
