@@ -204,3 +204,10 @@ def test_evaluate_names_options_of_the_other_task(saved, tmp_path):
     with pytest.raises(SystemExit, match=r"--num-views, --skip-unreadable: not read by --task online"):
         main([*base, "--task", "online", "--num-views", "2", "--skip-unreadable"])
     assert not (tmp_path / "p").exists()
+
+
+def test_demo_long_videos_needs_the_streaming_task(tmp_path):
+    # `mambavl demo --long-videos 5` used to train the recognition demo and never look at the option
+    with pytest.raises(SystemExit, match=r"--long-videos: an option of --task streaming, not of --task recognition"):
+        main(["demo", "--long-videos", "5", "--output-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # stopped before generating or training anything

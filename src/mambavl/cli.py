@@ -299,6 +299,8 @@ def _demo_parser(sub: Any) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     if args.task == "streaming":
         return streaming.run_streaming_demo(args)
+    if args.long_videos != streaming.DEMO_LONG_VIDEOS:  # checked before the (minutes of) training
+        raise SystemExit(f"--long-videos: an option of --task streaming, not of --task {args.task}.")
     from .data import decode_frames
     from .demo import DEFAULT_EPOCHS, OBSERVATION_TIME, build_demo, evaluate_demo, train_demo
 
