@@ -103,8 +103,12 @@ def test_first_call_needs_questions_and_batch_must_match():
     with pytest.raises(ValueError, match="verb_input_ids` is required"):
         model(video_features=inputs["video_features"], use_cache=True)
     _, cache = stream(model, inputs, ())
-    with pytest.raises(ValueError, match=r"must be \(b=2, l >= 1, D\)"):
+    # the message used to read "must be (b=2, l >= 1, D), got shape (1, 11, 32)": a shape at the fusion width,
+    # not the video_features the caller passed, and no word of the cache's batch size being the rule
+    with pytest.raises(ValueError, match=r"batch size 1, but `cache_params` holds 2 stream\(s\)"):
         model(video_features=inputs["video_features"][:1], cache_params=cache)
+    with pytest.raises(ValueError, match=r"at least one new video token, got an empty chunk"):
+        model(video_features=inputs["video_features"][:, :0], cache_params=cache)
 
 
 def test_cache_needs_mamba_fusion():

@@ -92,6 +92,16 @@ def test_every_option_has_help_that_shows_its_default():
     assert "{recognition,anticipation,online}" in pages["evaluate"] and "{recognition,anticipation}" in pages["train"]
 
 
+def test_annotation_fps_help_says_what_online_evaluation_reads_by_default():
+    # evaluate's help said "(default: none, the videos' own rate)" for every task, but --task online reads the
+    # timestamps unless --annotation-fps is given (as `mambavl stream` says), so the demo's figures, scored from
+    # the frame columns, were not what `evaluate --task online` printed on the same videos
+    pages = help_pages()
+    evaluate, train = (option_entries(pages[c])["--annotation-fps"] for c in ("evaluate", "train"))
+    assert "--task online reads the start/stop timestamps unless it is given" in evaluate
+    assert "online" not in train and train.endswith("(default: none, the videos' own rate)")
+
+
 def option_entries(page: str) -> dict[str, str]:
     """``{option: help text}`` of a help page (an option's help may start on the next line)."""
     entries: dict[str, list[str]] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +54,30 @@ def test_export_errors(tmp_path):
                               tokens_per_step=2)  # fmt: skip
     with pytest.raises(FileNotFoundError, match="export_streaming_step"):
         OnnxStreamingSession(tmp_path / "missing.onnx")
+
+
+def test_session_names_bad_tokens_and_keeps_its_state(tmp_path):
+    proc = processor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exported = export_streaming_step(
+            feature_model(pool_window=6), tmp_path / "step.onnx", question_inputs=questions(proc), tokens_per_step=3
+        )
+    # the tracer's "might cause the trace to be incorrect" at each (export-fixed) shape check: a dozen false alarms
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    session = OnnxStreamingSession(exported.path)
+    assert session.feature_size == 12
+    # a wrong feature size used to reach onnxruntime (InvalidArgument "index: 2 Got: 5 Expected: 12")
+    with pytest.raises(ValueError, match=r"must be \(1, 3, 12\) .*got \(1, 3, 5\)"):
+        session.step(np.zeros((1, 3, 5), np.float32))
+    state = [a.copy() for a in session.state]
+    bad = np.zeros((1, 3, 12), np.float32)
+    bad[0, 1, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):  # used to poison the carried state, and every later step, silently
+        session.step(bad)
+    for before, after in zip(state, session.state, strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert np.isfinite(session.step(np.zeros((3, 12), np.float32))[0]).all()
 
 
 def test_onnx_stream_benchmark_script(tmp_path):

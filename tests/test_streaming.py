@@ -161,3 +161,83 @@ def test_iter_video_frames_decodes_in_chunks_and_subsamples(tmp_path):
     assert sum(c.shape[0] for c, _ in every) == 25 and every[0][1] == 10.0
     with pytest.raises(ValueError, match="sample_fps"):
         next(iter_video_frames(path, sample_fps=0))
+
+
+def test_a_reused_input_buffer_does_not_change_the_stream():
+    # a camera (or a feature extractor) that writes every frame into one array: the streamer must keep its own
+    # copies of the window's frames and of the pending feature steps, or the window silently becomes n copies of
+    # the last frame
+    proc = processor()
+    model = frame_model(pool_window=8)
+    frames = np.random.default_rng(0).integers(0, 255, (12, 20, 20, 3), dtype=np.uint8)
+    expected = MambaVLStreamer(model, proc, window=6, stride=3).push_frames(frames)
+    streamer, buffer, steps = MambaVLStreamer(model, proc, window=6, stride=3), np.empty_like(frames[0]), []
+    for frame in frames:
+        buffer[:] = frame
+        steps += streamer.push_frames(buffer)
+    assert len(steps) == len(expected) == 3
+    for got, want in zip(steps, expected, strict=True):
+        torch.testing.assert_close(got.verb_logits, want.verb_logits)
+    model = feature_model(pool_window=4)
+    features = torch.randn(12, 12)
+    expected = MambaVLStreamer(model, proc, stride=4).push_features(features)
+    streamer, buffer, steps = MambaVLStreamer(model, proc, stride=4), torch.empty(1, 12), []
+    for row in features:
+        buffer[0] = row
+        steps += streamer.push_features(buffer)
+    for got, want in zip(steps, expected, strict=True):
+        torch.testing.assert_close(got.verb_logits, want.verb_logits)
+
+
+def test_bad_frames_and_mixed_inputs_are_named_when_pushed():
+    model, proc = frame_model(pool_window=8), processor()
+    streamer = MambaVLStreamer(model, proc, window=6, stride=3)
+    # a stack of grayscale frames used to be buffered as one (4, 20, 20) "frame" and fail (or not) windows later
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) RGB, got shape \(4, 20, 20\)"):
+        streamer.push_frames(np.zeros((4, 20, 20), np.uint8))
+    streamer.reset()
+    streamer.push_frames(np.zeros((2, 20, 20, 3), np.uint8))
+    with pytest.raises(
+        ValueError, match=r"Frame 2 of the stream has shape \(24, 24, 3\), the previous one \(20, 20, 3\)"
+    ):
+        streamer.push_frames([np.zeros((24, 24, 3), np.uint8)])  # used to fail in np.stack, naming nothing
+    with pytest.raises(ValueError, match="fed frames, now features"):
+        streamer.push_features(torch.zeros(3, model.config.video_feature_size))
+    with pytest.raises(ValueError, match="`fps` must be a positive number, got '10'"):
+        MambaVLStreamer(model, proc, fps="10")
+    model = feature_model()
+    features = torch.randn(6, 12)
+    features[4, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 of its 6 rows \(first: row 4"):
+        MambaVLStreamer(model, proc, stride=3).push_features(features)  # used to fail in the metrics' ranking
+    assert len(MambaVLStreamer(model, proc, stride=3, fps=np.float32(2.0)).push_features(features[:3])) == 1
+
+
+def test_stream_of_iter_video_frames_pairs_says_to_unpack_them(tmp_path):
+    from mambavl.data import write_video
+    from mambavl.streaming import iter_video_frames
+
+    path = tmp_path / "v.mp4"
+    write_video(path, np.zeros((8, 16, 16, 3), np.uint8), fps=8)
+    streamer = MambaVLStreamer(frame_model(pool_window=8), processor(), window=4, stride=4)
+    # stream() was given iter_video_frames' (frames, fps) pairs: the message said "pass a batch as (n, H, W, 3)"
+    with pytest.raises(ValueError, match=r"iter_video_frames yields \(frames, fps\) pairs"):
+        list(streamer.stream(iter_video_frames(path)))
+    assert len(list(streamer.stream(frames for frames, _ in iter_video_frames(path)))) == 2
+
+
+def test_the_streaming_concept_pages_python_block_runs_as_written(tmp_path, monkeypatch, capsys):
+    # docs/concepts/streaming.md's example used first_chunk, verb_ids, noun_ids and later_chunks without saying
+    # where they come from: NameError for a reader who ran it after `mambavl demo`
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts" / "streaming.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", page, re.S)
+    model_dir = tmp_path / "runs" / "demo" / "run" / "model"
+    frame_model().save_pretrained(model_dir)
+    processor().save_pretrained(model_dir)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "streaming.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[-1].split()[-2:] == ["100", lines[0].split()[-1]]  # 100 tokens, one size

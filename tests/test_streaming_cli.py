@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,87 @@ def test_evaluate_online_with_an_anticipation_model(saved, tmp_path):
         times = np.array([(f - 1) / info.fps for f in range(8, n + 1, 4)])
         expected += int((labels[vid].anticipation_targets(times, 1.0)[0] >= 0).sum())
     assert metrics["num_action_steps"] == expected
+
+
+def test_stream_names_a_video_id_missing_from_the_annotations_before_streaming(saved, tmp_path):
+    # kitchen.mp4 with the annotations of other videos: the default id ("kitchen") is not in the file. It used to
+    # stream the whole video, then stop with "no step has an action label".
+    root, info = saved
+    video = tmp_path / "kitchen.mp4"
+    video.write_bytes(Path(info.video_path(info.video_ids[0])).read_bytes())
+    args = ["stream", str(video), "--model", str(root / "model"), "--annotations", str(info.annotations_path),
+            "--window", "8", "--stride", "4", "--output-dir", str(tmp_path), "--quiet"]  # fmt: skip
+    missing = rf"no segment of video 'kitchen' \(the file name .*--video-id.*{info.video_ids[0]}"
+    with pytest.raises(SystemExit, match=missing):
+        main(args)
+    assert not (tmp_path / "kitchen.predictions.jsonl").exists()  # nothing streamed
+    with pytest.raises(SystemExit, match=r"no segment of video 'P99_01' \(--video-id\)"):
+        main([*args, "--video-id", "P99_01"])
+    assert main([*args, "--video-id", info.video_ids[0]]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "kitchen.predictions.jsonl").read_text().splitlines()]
+    assert any(r["true_verb_id"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--task", "streaming", "--long-videos", "0"],  # used to fail only after the whole training run
+        ["stream", "v.mp4", "--model", "m", "--window", "0"],
+        ["stream", "v.mp4", "--model", "m", "--stride", "-2"],
+        ["evaluate", "--task", "online", "--model", "m", "--annotations", "a", "--video-root", "v", "--top-k", "x"],
+    ],
+)
+def test_streaming_counts_are_checked_when_parsed(argv, capsys):
+    option = next(a for a in argv if a in ("--long-videos", "--window", "--stride", "--top-k"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {option}: expected a positive integer" in capsys.readouterr().err
+
+
+def test_a_stream_too_short_for_one_step_says_what_a_step_needs(saved, tmp_path):
+    root, info = saved
+    video = info.video_path(info.video_ids[0])
+    frames = info.num_frames[info.video_ids[0]]
+    # the message was only "too short for one step (N s)", with no word of the window
+    with pytest.raises(SystemExit, match=rf"{frames} frames at 8 per second; a step needs --window 1000 frames"):
+        main(["stream", video, "--model", str(root / "model"), "--window", "1000", "--quiet", "--no-timeline",
+              "--output-dir", str(tmp_path)])  # fmt: skip
+    np.save(tmp_path / "feats.npy", np.zeros((3, 24), np.float32))
+    with pytest.raises(SystemExit, match=r"3 feature steps at 1 per second; a step needs --stride 5 feature steps"):
+        main(["stream", str(tmp_path / "feats.npy"), "--model", str(root / "model"), "--stride", "5", "--quiet",
+              "--output-dir", str(tmp_path)])  # fmt: skip
+
+
+def test_stream_output_must_be_jsonl_or_csv(saved, tmp_path):
+    from mambavl.streaming_cli import write_predictions
+
+    root, info = saved
+    # --output preds.json used to get JSON Lines under a .json name (and .txt the same), found out only on reading
+    with pytest.raises(SystemExit, match=r"--output .*preds\.json: the predictions are written as \.jsonl or \.csv"):
+        main(["stream", info.video_path(info.video_ids[0]), "--model", str(root / "model"), "--output",
+              str(tmp_path / "preds.json"), "--quiet"])  # fmt: skip
+    assert not (tmp_path / "preds.json").exists()
+    with pytest.raises(ValueError, match=r"\.jsonl or \.csv .*preds\.txt"):
+        write_predictions(tmp_path / "preds.txt", [])
+
+
+def test_evaluate_names_options_of_the_other_task(saved, tmp_path):
+    root, info = saved
+    base = ["evaluate", "--model", str(root / "model"), "--annotations", str(info.annotations_path), "--video-root",
+            str(info.videos_dir)]  # fmt: skip
+    # streaming options without --task online used to be ignored: a recognition run over the segments printed
+    # clip metrics, and --predictions-dir stayed empty
+    with pytest.raises(SystemExit, match=r"--window, --predictions-dir: options of --task online, not of --task "):
+        main([*base, "--window", "8", "--predictions-dir", str(tmp_path / "p")])
+    # and --task online ignored the clip options
+    with pytest.raises(SystemExit, match=r"--num-views, --skip-unreadable: not read by --task online"):
+        main([*base, "--task", "online", "--num-views", "2", "--skip-unreadable"])
+    assert not (tmp_path / "p").exists()
+
+
+def test_demo_long_videos_needs_the_streaming_task(tmp_path):
+    # `mambavl demo --long-videos 5` used to train the recognition demo and never look at the option
+    with pytest.raises(SystemExit, match=r"--long-videos: an option of --task streaming, not of --task recognition"):
+        main(["demo", "--long-videos", "5", "--output-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # stopped before generating or training anything

@@ -118,7 +118,7 @@ def _setup_logging(verbose: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_source_arguments(parser: argparse.ArgumentParser, online: bool = False) -> None:
     group = parser.add_argument_group("video source (exactly one)")
     source = group.add_mutually_exclusive_group(required=True)
     source.add_argument("--video-root", type=Path, help="folder of video files (default: none)")
@@ -136,7 +136,11 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--annotation-fps", type=_positive_float, default=None,
         help="frame rate of start_frame/stop_frame when it differs from the videos' (EPIC-KITCHENS-100: 60) "
-        "(default: none, the videos' own rate)",
+        + (
+            "(default: none, the videos' own rate; --task online reads the start/stop timestamps unless it is given)"
+            if online
+            else "(default: none, the videos' own rate)"
+        ),
     )  # fmt: skip
 
 
@@ -295,6 +299,8 @@ def _demo_parser(sub: Any) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     if args.task == "streaming":
         return streaming.run_streaming_demo(args)
+    if args.long_videos != streaming.DEMO_LONG_VIDEOS:  # checked before the (minutes of) training
+        raise SystemExit(f"--long-videos: an option of --task streaming, not of --task {args.task}.")
     from .data import decode_frames
     from .demo import DEFAULT_EPOCHS, OBSERVATION_TIME, build_demo, evaluate_demo, train_demo
 
@@ -519,7 +525,7 @@ def _evaluate_parser(sub: Any) -> None:
     )
     p.add_argument("--model", required=True, help="a saved MambaVL folder")
     p.add_argument("--annotations", type=Path, required=True, help="EK100-format CSV with verb_class/noun_class")
-    _add_source_arguments(p)
+    _add_source_arguments(p, online=True)
     _add_task_arguments(p, online=True)
     p.add_argument("--num-views", type=_positive_int, default=1, help="temporal views averaged per clip")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per batch")
@@ -532,8 +538,38 @@ def _evaluate_parser(sub: Any) -> None:
     streaming.add_online_evaluate_arguments(p)
 
 
+#: Options of `mambavl evaluate` that --task online does not read (it streams whole videos, one step at a time).
+_NOT_ONLINE = ("--num-views", "--batch-size", "--skip-unreadable", "--observation-time")
+
+
+def _options_given(args: argparse.Namespace, command: str, wanted: Any) -> list[str]:
+    """The options of ``mambavl <command>`` for which ``wanted(option, group title)`` holds and whose value differs
+    from their default (argparse does not record what was typed; a default typed out is not caught)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return [
+        action.option_strings[0]
+        for group in sub._action_groups
+        for action in group._group_actions
+        if action.option_strings
+        and wanted(action.option_strings[0], group.title)
+        and getattr(args, action.dest, action.default) != action.default
+    ]
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    if args.task == "online":
+    online = args.task == "online"
+    misplaced = _options_given(
+        args, "evaluate",
+        (lambda option, _: option in _NOT_ONLINE) if online
+        else (lambda _, group: group in ("streaming", "online evaluation")),
+    )  # fmt: skip
+    if misplaced:
+        raise SystemExit(
+            f"{', '.join(misplaced)}: not read by --task online (it streams each whole video)."
+            if online
+            else f"{', '.join(misplaced)}: options of --task online, not of --task {args.task} (add --task online)."
+        )
+    if online:
         return streaming.run_evaluate_online(args)
     from . import MambaVLProcessor
     from .data import MambaVLCollator

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,11 @@ def export_streaming_step(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     step = StreamingStep(traced).eval()
-    with torch.no_grad():
+    # The tracer warns at every Python-level shape check and int() of a shape ("might cause the trace to be
+    # incorrect"): here they are the input checks and sizes that are fixed at export by design (f tokens a step,
+    # batch 1, the cache's shapes), so the warnings would only alarm the user.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             step, (example, *state), str(path), input_names=input_names, output_names=output_names,
             opset_version=opset_version, dynamo=False,
@@ -186,6 +191,11 @@ class OnnxStreamingSession:
     Args:
         path: the ``.onnx`` file of :func:`export_streaming_step` (its ``.state.safetensors`` beside it).
         providers: onnxruntime execution providers (default: the CPU).
+
+    Attributes:
+        tokens_per_step: ``f``, the video tokens each :meth:`step` reads (fixed at export).
+        feature_size: ``video_feature_size``, the size of each token.
+        state: the carried cache arrays, in the order of the model's cache inputs.
 
     Example:
 
@@ -204,6 +214,7 @@ class OnnxStreamingSession:
         self.session = onnxruntime.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokens_per_step = int(self.session.get_inputs()[0].shape[1])
+        self.feature_size = int(self.session.get_inputs()[0].shape[2])
         initial = load_file(str(state_path))
         missing = [n for n in self.input_names[1:] if n not in initial]
         if missing:
@@ -221,15 +232,19 @@ class OnnxStreamingSession:
         return int(sum(a.nbytes for a in self.state))
 
     def step(self, video_features: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Read ``(1, f, video_feature_size)`` new video tokens; return ``verb_logits (1, V), noun_logits (1, N)``."""
+        """Read ``(1, f, video_feature_size)`` (or ``(f, video_feature_size)``) new video tokens; return
+        ``verb_logits (1, V), noun_logits (1, N)``."""
         x = np.ascontiguousarray(np.asarray(video_features, dtype=np.float32))
         if x.ndim == 2:
             x = x[None]
-        if x.ndim != 3 or x.shape[:2] != (1, self.tokens_per_step):
+        expected = (1, self.tokens_per_step, self.feature_size)
+        if x.shape != expected:
             raise ValueError(
-                f"`video_features` must be (1, {self.tokens_per_step}, D) (the tokens per step fixed at export), got "
-                f"{x.shape}."
+                f"`video_features` must be {expected} (the tokens per step and video_feature_size fixed at export), "
+                f"got {x.shape}."
             )
+        if not np.isfinite(x).all():  # it would enter the carried state and every later step
+            raise ValueError("`video_features` has NaN or infinite values; the carried state is left as it was.")
         outputs = self.session.run(None, dict(zip(self.input_names, [x, *self.state], strict=True)))
         self.state = list(outputs[2:])
         return outputs[0], outputs[1]

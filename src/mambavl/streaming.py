@@ -15,6 +15,7 @@ Exactness: the scores at step ``k`` equal those of one forward pass of the model
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import time
 from collections import deque
@@ -141,8 +142,8 @@ class MambaVLStreamer:
         self.window = _positive_int(window, "window") if window is not None else None
         self.stride = _positive_int(stride, "stride") if stride is not None else None
         self.top_k = _positive_int(top_k, "top_k")
-        if fps is not None and not fps > 0:
-            raise ValueError(f"`fps` must be positive, got {fps!r}.")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0):
+            raise ValueError(f"`fps` must be a positive number, got {fps!r}.")
         self.fps = float(fps) if fps is not None else None
         if getattr(model.config, "fusion_type", "mamba") != "mamba":
             raise ValueError(
@@ -190,6 +191,7 @@ class MambaVLStreamer:
         self._frames: deque[np.ndarray] = deque(maxlen=self.window or 1)
         self._pending: list[torch.Tensor] = []
         self._pending_len = 0
+        self._fed: str | None = None  # "frames" or "features": one stream is fed one kind
         self.frames_seen = 0
         self.steps = 0
 
@@ -206,12 +208,15 @@ class MambaVLStreamer:
         """Feed decoded frames; returns the steps they completed (possibly none).
 
         Args:
-            frames: ``(n, H, W, 3)`` uint8 frames (array or tensor), one ``(H, W, 3)`` frame, or a list of frames.
+            frames: ``(n, H, W, 3)`` uint8 frames (array or tensor), one ``(H, W, 3)`` frame, or a list of frames,
+                all of one size. The streamer keeps a copy of the frames of its window, so the caller may reuse its
+                buffer (e.g. a camera writing every frame into one array).
         """
         if self.processor is None:
             raise ValueError("Streaming frames needs a `processor` (MambaVLProcessor) to turn them into pixel_values.")
         if self.window is None:
             raise ValueError("Streaming frames needs a `window` (frames per step).")
+        self._feed("frames")
         if isinstance(frames, torch.Tensor):
             frames = frames.cpu().numpy()
         if isinstance(frames, np.ndarray):
@@ -223,7 +228,23 @@ class MambaVLStreamer:
         stride = self.stride or self.window
         out = []
         for frame in frames:
-            self._frames.append(np.asarray(frame))
+            frame = np.array(frame.cpu() if isinstance(frame, torch.Tensor) else frame)  # a copy: buffers get reused
+            if frame.ndim == 4:  # e.g. iter_video_frames' (frames, fps) pairs given to stream() as they come
+                raise ValueError(
+                    f"`frames` holds a batch of frames {frame.shape} as one of its items: pass the (n, H, W, 3) array "
+                    "itself (iter_video_frames yields (frames, fps) pairs: `for frames, fps in ...`)."
+                )
+            if frame.ndim != 3 or 3 not in (frame.shape[-1], frame.shape[0]):
+                raise ValueError(
+                    f"Each frame must be (H, W, 3) RGB, got shape {frame.shape} (frame {self.frames_seen} of the "
+                    "stream); convert grayscale/RGBA frames to RGB, and pass a batch of frames as (n, H, W, 3)."
+                )
+            if self._frames and frame.shape != self._frames[-1].shape:
+                raise ValueError(
+                    f"Frame {self.frames_seen} of the stream has shape {frame.shape}, the previous one "
+                    f"{self._frames[-1].shape}: a stream's frames must have one size (resize them, or reset())."
+                )
+            self._frames.append(frame)
             self.frames_seen += 1
             if self.frames_seen >= self.window and (self.frames_seen - self.window) % stride == 0:
                 pixel_values = self.processor.video_processor([np.stack(self._frames)], return_tensors="pt")[
@@ -244,12 +265,19 @@ class MambaVLStreamer:
         size = self.model.config.video_feature_size
         if x.dim() != 2 or x.shape[-1] != size:
             raise ValueError(f"`features` must be (n, {size}), got shape {tuple(x.shape)}.")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            rows = (~torch.isfinite(x)).any(dim=1).nonzero()[:, 0]
+            raise ValueError(
+                f"`features` has NaN or infinite values in {len(rows)} of its {x.shape[0]} rows (first: row "
+                f"{int(rows[0])}, feature step {self.frames_seen + int(rows[0])} of the stream)."
+            )
+        self._feed("features")
         stride = self.stride or 1
         out = []
         start = 0
         while start < x.shape[0]:
             take = min(stride - self._pending_len, x.shape[0] - start)
-            self._pending.append(x[start : start + take])
+            self._pending.append(x[start : start + take].clone())  # a copy: the caller may reuse its buffer
             self._pending_len += take
             self.frames_seen += take
             start += take
@@ -259,8 +287,26 @@ class MambaVLStreamer:
                 out.append(self._step({"video_features": chunk}))
         return out
 
+    def _feed(self, kind: str) -> None:
+        if self._fed is not None and self._fed != kind:
+            raise ValueError(
+                f"This stream was fed {self._fed}, now {kind}: a stream reads one kind of input; call reset() (or "
+                f"use another streamer) to start a stream of {kind}."
+            )
+        self._fed = kind
+
     def stream(self, chunks: Iterable[Any], *, features: bool = False) -> Iterator[StreamStep]:
-        """Yield the steps of a whole stream of frame (or feature) chunks, after a :meth:`reset`."""
+        """Yield the steps of a whole stream of frame (or feature) chunks, after a :meth:`reset`.
+
+        Args:
+            chunks: an iterable of ``(n, H, W, 3)`` uint8 frame chunks (what :meth:`push_frames` takes; unpack
+                :func:`~mambavl.streaming.iter_video_frames`' ``(frames, fps)`` pairs), or with ``features=True`` of
+                ``(n, video_feature_size)`` feature chunks (what :meth:`push_features` takes).
+            features: the chunks are feature steps, not frames.
+
+        Yields:
+            :class:`~mambavl.streaming.StreamStep`, in order.
+        """
         self.reset()
         push = self.push_features if features else self.push_frames
         for chunk in chunks:

@@ -28,20 +28,32 @@ __all__ = [
 logger = logging.getLogger("mambavl")
 
 FEATURE_SUFFIXES = (".safetensors", ".npy")
+PREDICTION_SUFFIXES = (".jsonl", ".csv")
 #: The streaming demo: windows of 16 frames (1.3 s at 12 fps, about one action), a step every 4 frames (3 per second).
 DEMO_WINDOW, DEMO_STRIDE, DEMO_LONG_VIDEOS, DEMO_SEGMENTS = 16, 4, 3, 30
 
 
 # ---------------------------------------------------------------------------------------------------- shared helpers
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse's error names the option), as ``mambavl.cli``'s options have."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _add_streamer_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("streaming")
     g.add_argument(
-        "--window", type=int, default=None,
+        "--window", type=_positive_int, default=None,
         help="frames the video encoder reads at each step; the processor samples its num_frames from them "
         "(default: the processor's num_frames)",
     )  # fmt: skip
     g.add_argument(
-        "--stride", type=int, default=None,
+        "--stride", type=_positive_int, default=None,
         help="frames (or feature steps) between two steps (default: the window for frames, 1 for features)",
     )  # fmt: skip
     g.add_argument(
@@ -183,6 +195,8 @@ def write_predictions(path: str | Path, steps: Sequence[Any], truth: Any = None)
     ``truth``: optional ``(verb_ids, noun_ids)`` arrays of the ground truth at each step (-1 for background).
     """
     path = Path(path)
+    if path.suffix.lower() not in PREDICTION_SUFFIXES:
+        raise ValueError(f"Predictions are written as .jsonl or .csv (by suffix), got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
         with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -277,7 +291,7 @@ def add_stream_parser(sub: Any) -> None:
         "(default: %(default)s)",
     )  # fmt: skip
     _add_streamer_arguments(p)
-    p.add_argument("--top-k", type=int, default=5, help="actions reported per step (default: %(default)s)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="actions reported per step (default: %(default)s)")
     p.add_argument(
         "--output", type=Path, default=None,
         help="predictions file, .jsonl or .csv (default: <output-dir>/<video>.predictions.jsonl)",
@@ -297,6 +311,20 @@ def add_stream_parser(sub: Any) -> None:
 def run_stream(args: argparse.Namespace) -> int:
     """``mambavl stream``."""
     features = args.video.suffix.lower() in FEATURE_SUFFIXES
+    if args.output is not None and args.output.suffix.lower() not in PREDICTION_SUFFIXES:
+        raise SystemExit(f"--output {args.output}: the predictions are written as .jsonl or .csv (by suffix).")
+    labels = truth = None
+    if args.annotations is not None:  # read before the stream: a bad file or a wrong video id fails at once
+        video_id = args.video_id or args.video.stem
+        all_labels = _read_labels(args.annotations, args.annotation_fps)
+        if video_id not in all_labels:
+            known = list(all_labels)
+            given = "--video-id" if args.video_id else "the file name without suffix; pass --video-id"
+            raise SystemExit(
+                f"--annotations {args.annotations} has no segment of video {video_id!r} ({given}); its videos: "
+                f"{', '.join(known[:10])}{' ...' if len(known) > 10 else ''}."
+            )
+        labels = all_labels[video_id]
     model, processor = _load(args.model, args.pool_window, features=features, stride=args.stride)
 
     def show(step: Any, bar: Any) -> None:
@@ -306,19 +334,22 @@ def run_stream(args: argparse.Namespace) -> int:
                       f"{top['score']:.3f}")  # fmt: skip
 
     start = time.time()
-    steps, _, duration = stream_source(
+    steps, fps, duration = stream_source(
         lambda fps, features: _make_streamer(model, processor, args, fps, features), args.video,
         sample_fps=args.sample_fps, feature_fps=args.feature_fps, progress=not args.quiet, on_step=show,
     )  # fmt: skip
     if not steps:
-        raise SystemExit(f"{args.video}: too short for one step ({duration:.2f} s).")
+        if features:
+            need = f"--stride {args.stride or 1} feature steps"
+        else:
+            need = f"--window {args.window or processor.video_processor.num_frames} frames"
+        raise SystemExit(
+            f"{args.video}: too short for one step ({duration:.2f} s, {round(duration * fps)} "
+            f"{'feature steps' if features else 'frames'} at {fps:g} per second; a step needs {need})."
+        )
     task = steps[0].task
-    labels = truth = None
-    if args.annotations is not None:
-        video_id = args.video_id or args.video.stem
-        labels = _read_labels(
-            args.annotations, args.annotation_fps, durations={video_id: duration}, video_ids=[video_id]
-        )[video_id]
+    if labels is not None:
+        labels.duration = max(labels.duration, duration)  # the end of the video past its last segment is background
         truth = _truth(labels, steps, task, args.anticipation_time)
     out = args.output or args.output_dir / f"{args.video.stem}.predictions.jsonl"
     write_predictions(out, steps, truth)
@@ -360,7 +391,10 @@ def add_online_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_streamer_arguments(parser)
     g = parser.add_argument_group("online evaluation")
     g.add_argument(
-        "--top-k", type=int, default=5, help="actions kept per step in the predictions (default: %(default)s)"
+        "--top-k",
+        type=_positive_int,
+        default=5,
+        help="actions kept per step in the predictions (default: %(default)s)",
     )
     g.add_argument(
         "--predictions-dir", type=Path, default=None,
@@ -431,7 +465,7 @@ def add_streaming_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mambavl demo --task streaming`` (added to the demo parser)."""
     g = parser.add_argument_group("--task streaming")
     g.add_argument(
-        "--long-videos", type=int, default=DEMO_LONG_VIDEOS,
+        "--long-videos", type=_positive_int, default=DEMO_LONG_VIDEOS,
         help=f"held-out untrimmed videos streamed, {DEMO_SEGMENTS} actions each (default: %(default)s)",
     )  # fmt: skip
 

@@ -34,7 +34,7 @@ seconds before the action start is informative of it (action anticipation).
 Long videos
 -----------
 :func:`generate_long_videos` renders *untrimmed* videos in the same kitchens, with the same objects and motions:
-many actions in a row (``segments_per_video``, 30 by default, about two minutes) separated by idle gaps of
+many actions in a row (``segments_per_video``, 30 by default, about 80 s) separated by idle gaps of
 ``idle_duration`` seconds (0.5-2 s by default) in which nothing happens, so that close to half of the time is
 background. They are the held-out streams of online action detection (``mambavl demo --task streaming``); their
 annotations are an EK100-format CSV that :func:`mambavl.data.untrimmed_labels` turns into per-time labels.

@@ -378,10 +378,13 @@ class MambaFusion(nn.Module):
         output_hidden_states: bool,
         cache: MambaVLCache,
     ) -> FusionOutput:
-        if video.shape[0] != cache.batch_size or video.shape[1] < 1:
+        if video.shape[0] != cache.batch_size:
             raise ValueError(
-                f"video tokens for a stream must be (b={cache.batch_size}, l >= 1, D), got shape {tuple(video.shape)}."
+                f"The video has batch size {video.shape[0]}, but `cache_params` holds {cache.batch_size} stream(s) "
+                "(one per batch row, all advancing together): pass that many videos, or a new cache."
             )
+        if video.shape[1] < 1:
+            raise ValueError("A streaming call needs at least one new video token, got an empty chunk (0 tokens).")
         first = not cache.has_questions
         separate = cache.fusion_scan == "separate"
         if first:
