@@ -668,3 +668,13 @@ def test_cli_train_class_lists_must_match_the_model(small_classes, tmp_path):
     model.config.num_noun_classes = 300
     with pytest.raises(SystemExit, match=r"--noun-classes .*nouns\.csv lists 2 classes, but the model has 300 noun"):
         _train_label_space(args, model)
+
+
+def test_annotations_with_a_header_and_no_rows_are_refused_by_name(tmp_path, small_classes):
+    # a header-only CSV used to fail deep inside `datasets` with "Couldn't cast array of type double to
+    # List(Value('string'))", naming neither the file nor the cause
+    verbs, nouns = small_classes
+    path = tmp_path / "header_only.csv"
+    path.write_text(",".join(ANNOTATION_COLUMNS) + "\n")
+    with pytest.raises(ValueError, match=r"header_only\.csv: no segments \(a header and no rows\)"):
+        load_annotations(path, verbs, nouns)

@@ -512,9 +512,9 @@ def load_annotations(
     (:data:`REQUIRED_COLUMNS`) must exist (label columns all or none); frame and class columns hold
     integers; ``narration_id`` and ``video_id`` are non-empty and every ``narration_id`` is unique;
     ``1 <= start_frame <= stop_frame``; class ids are ``>= 0`` and, with class lists, inside them
-    (``verb_class``, ``noun_class`` and ``all_noun_classes``). Rows whose verb/noun word is neither
-    the key nor an instance of its class are counted and logged as a warning, not rejected (EK100
-    has a few); call :func:`check_label_consistency` for the list.
+    (``verb_class``, ``noun_class`` and ``all_noun_classes``); a file with no rows is refused.
+    Rows whose verb/noun word is neither the key nor an instance of its class are counted and logged
+    as a warning, not rejected (EK100 has a few); call :func:`check_label_consistency` for the list.
 
     Args:
         verb_classes / noun_classes: the label space the class ids must fall in: class lists (from
@@ -543,6 +543,8 @@ def load_annotations(
             f"{path}: label columns must be all present or all absent; missing "
             f"{[c for c in LABEL_COLUMNS if c not in df.columns]} while {labels_present} are present"
         )
+    if len(df) == 0:
+        raise ValueError(f"{path}: no segments (a header and no rows); an annotation file needs at least one row")
 
     is_csv = not path.lower().endswith((".pkl", ".pickle", ".pkl.gz", ".pickle.gz"))
     where = _RowNamer(df, path, csv_path=path if is_csv else None)
