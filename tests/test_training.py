@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -112,6 +113,17 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(synthetic, tmp_path)
     assert result.global_step == 6
     for name, tensor in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+def test_resume_auto_without_a_checkpoint_says_it_starts_a_fresh_run(synthetic, tmp_path, caplog):
+    # `mambavl train --resume` into a folder with no checkpoint (a typo in --output-dir, or a first run) trained
+    # from scratch without a word, so a user who meant to continue a run could not tell
+    with caplog.at_level(logging.WARNING, logger="mambavl.training"):
+        _, result = run(synthetic, tmp_path / "typo", resume_from_checkpoint="auto", max_steps=1, num_epochs=1)
+    assert result.global_step == 1
+    assert any(
+        "no checkpoint to resume from in" in r.getMessage() and "typo" in r.getMessage() for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
 
 
 def test_epoch_sampler_depends_only_on_seed_and_epoch():

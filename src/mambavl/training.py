@@ -484,6 +484,8 @@ def train(
     output_dir = Path(cfg.output_dir)
     resume_dir = _resolve_resume(cfg, output_dir)
     if accelerator.is_main_process:
+        if resume_dir is None and cfg.resume_from_checkpoint is not None:  # "auto" in a folder without checkpoints
+            logger.warning("no checkpoint to resume from in %s: starting a fresh run there.", output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
 
