@@ -678,3 +678,17 @@ def test_annotations_with_a_header_and_no_rows_are_refused_by_name(tmp_path, sma
     path.write_text(",".join(ANNOTATION_COLUMNS) + "\n")
     with pytest.raises(ValueError, match=r"header_only\.csv: no segments \(a header and no rows\)"):
         load_annotations(path, verbs, nouns)
+
+
+def test_features_at_their_own_rate_without_the_annotation_rate_say_what_to_pass(tmp_path):
+    # features at 2 steps/s, annotations at 60 fps, and no --annotation-fps: the error said only "frames 120..300
+    # (1-based) are outside 'P01_01.safetensors', which has 20 frames", with nothing about the rate left unmapped
+    from safetensors.torch import save_file
+
+    save_file({"features": torch.zeros(20, 3)}, str(tmp_path / "P01_01.safetensors"), metadata={"fps": "2"})
+    path = _write_annotations(tmp_path / "a.csv", [_row("P01_01_0", "P01_01", 120, 300)])
+    dataset = EK100SegmentDataset(path, FeatureSource(tmp_path), num_frames=4, sampling="center")
+    with pytest.raises(FrameIndexError, match=r"which has 20 frames.*2 feature steps per second.*--annotation-fps"):
+        dataset[0]
+    mapped = EK100SegmentDataset(path, FeatureSource(tmp_path, video_fps=60), num_frames=4, sampling="center")
+    assert mapped[0]["video_features"].shape == (4, 3)

@@ -1043,6 +1043,11 @@ class FeatureSource:
             return len(array)
         return math.ceil(len(array) * video_fps / feature_fps)
 
+    def _unmapped_rate(self, video_id: str) -> float | None:
+        """The features' own rate when they carry one but no video rate maps annotation frames to it, else ``None``."""
+        _, video_fps, feature_fps = self._video(video_id)
+        return feature_fps if video_fps is None and feature_fps is not None and feature_fps > 0 else None
+
     def fps(self, video_id: str) -> float:
         """Frame rate of the annotation frame numbers: the video's native rate if given, else the features'."""
         _, video_fps, feature_fps = self._video(video_id)
@@ -1298,7 +1303,15 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         """Why frames ``start..stop`` (1-based) cannot be read from a video of ``total`` frames, or ``None``."""
         if 1 <= start <= stop <= total:
             return None
-        return f"frames {start}..{stop} (1-based) are outside {self._where(video_id)!r}, which has {total} frames"
+        problem = f"frames {start}..{stop} (1-based) are outside {self._where(video_id)!r}, which has {total} frames"
+        unmapped = getattr(self.source, "_unmapped_rate", None)
+        rate = unmapped(video_id) if unmapped is not None else None
+        if rate is not None:
+            problem += (
+                f" (it stores {rate:g} feature steps per second, read as one step per annotation frame because the "
+                "annotations' frame rate was not given: mambavl CLI --annotation-fps, FeatureSource(video_fps=...))"
+            )
+        return problem
 
     def _where(self, video_id: str) -> str:
         locate = getattr(self.source, "location", None)
