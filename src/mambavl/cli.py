@@ -690,6 +690,13 @@ def _is_user_error(error: BaseException) -> bool:
     return any(cls.__name__ in user_errors for cls in type(error).__mro__)
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open (train's), so that the message starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):  # every tqdm class shares this set
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mambavl`` command; returns the exit status.
 
@@ -710,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
+        _end_progress_bars()
         if verbose:
             import traceback
 
