@@ -106,3 +106,17 @@ def test_the_guide_names_the_metrics_anticipation_reports():
     metrics = guide.split("**Metrics.**", 1)[1].split("\n\n", 1)[0]
     assert "Top-1 accuracies are reported" not in metrics
     assert set(re.findall(r"`(\w+_recall5)`", metrics)) == reported
+
+
+BAD_TIMES = [dict(anticipation_time=-1.0), dict(anticipation_time=float("nan")), dict(observation_time=0.0),
+             dict(observation_time=float("inf"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("times", BAD_TIMES)
+def test_observed_window_refuses_times_that_give_no_window_before_the_action(times):
+    # observed_window(241, fps=60, anticipation_time=-1) gave (182, 301): frames inside the action, with no error;
+    # a NaN failed with "cannot convert float NaN to integer" (also as `mambavl evaluate --anticipation-time nan`)
+    with pytest.raises(ValueError, match="`anticipation_time` must be >= 0 and `observation_time` > 0"):
+        observed_window(241, fps=60, **times)
+    with pytest.raises(ValueError, match="`anticipation_time` must be >= 0 and `observation_time` > 0"):
+        EK100AnticipationDataset([], None, **times)
