@@ -126,6 +126,18 @@ def test_resume_auto_without_a_checkpoint_says_it_starts_a_fresh_run(synthetic, 
     ), [r.getMessage() for r in caplog.records]
 
 
+def test_resume_at_or_past_the_limit_says_there_is_nothing_to_train(synthetic, tmp_path, caplog):
+    # `mambavl train --resume --max-steps 30` on a run at step 45 printed the checkpoint's last evaluation and
+    # "model saved" without training or saying why
+    run(synthetic, tmp_path, max_steps=2, num_epochs=1)
+    with caplog.at_level(logging.WARNING, logger="mambavl.training"):
+        _, result = run(synthetic, tmp_path, resume_from_checkpoint="auto", max_steps=1, num_epochs=1)
+    assert result.global_step == 2
+    assert any("nothing to train" in r.getMessage() and "1 steps" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+
+
 def test_epoch_sampler_depends_only_on_seed_and_epoch():
     a, b = EpochSampler(10, seed=3), EpochSampler(10, seed=3)
     a.set_epoch(1)

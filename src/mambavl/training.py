@@ -517,6 +517,13 @@ def train(
         # gave the next step (0 at the end of a cosine planned for fewer steps); take the new plan's instead.
         _replan_learning_rate(optimizer, scheduler, lr_factor)
         logger.info("Resumed from %s at step %d (epoch %d).", resume_dir, state["global_step"], state["epoch"])
+        if accelerator.is_main_process and (
+            state["global_step"] >= total_steps or (cfg.max_steps is None and state["epoch"] >= cfg.num_epochs)
+        ):
+            limit = (f"{cfg.max_steps} steps (max_steps, CLI --max-steps)" if cfg.max_steps else
+                     f"{cfg.num_epochs} epochs (num_epochs, CLI --epochs)")  # fmt: skip
+            logger.warning("nothing to train: %s is at or past this run's limit of %s; the model saved is that "
+                           "checkpoint's. Raise the limit to train further.", resume_dir.name, limit)  # fmt: skip
     log_path = output_dir / METRICS_LOG_NAME
     if accelerator.is_main_process:
         _append_jsonl(log_path, {"event": "start", "time": time.time(), "config": _jsonable(asdict(cfg)),
