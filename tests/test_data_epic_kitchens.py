@@ -692,3 +692,12 @@ def test_features_at_their_own_rate_without_the_annotation_rate_say_what_to_pass
         dataset[0]
     mapped = EK100SegmentDataset(path, FeatureSource(tmp_path, video_fps=60), num_frames=4, sampling="center")
     assert mapped[0]["video_features"].shape == (4, 3)
+
+
+def test_a_class_list_without_classes_is_refused_by_name(tmp_path):
+    # it loaded as [], and `mambavl train` then failed with "`num_verb_classes` must be a positive integer, got 0",
+    # naming neither the file nor the option
+    path = tmp_path / "verbs.csv"
+    path.write_text("id,key,instances,category\n")
+    with pytest.raises(ValueError, match=r"verbs\.csv' lists no classes"):
+        load_class_list(path)

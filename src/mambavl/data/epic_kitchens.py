@@ -201,6 +201,8 @@ def load_class_list(path: str | os.PathLike) -> list[ActionClass]:
             classes.append(
                 ActionClass(id=class_id, key=key, instances=tuple(instances), category=row.get("category") or "")
             )
+    if not classes:
+        raise ValueError(f"Class list {path!r} lists no classes (a header and no rows)")
     classes.sort(key=lambda c: c.id)
     ids = [c.id for c in classes]
     if ids != list(range(len(classes))):
