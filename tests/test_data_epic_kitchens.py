@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -701,3 +702,14 @@ def test_a_class_list_without_classes_is_refused_by_name(tmp_path):
     path.write_text("id,key,instances,category\n")
     with pytest.raises(ValueError, match=r"verbs\.csv' lists no classes"):
         load_class_list(path)
+
+
+def test_the_ek100_guide_names_every_frame_rate_of_the_videos():
+    # the guide said the MP4 files run at 59.94 or 50 fps; EPIC_100_video_info.csv has nine at 29.97, 47.95 or 90
+    rates = {
+        f"{fps:.2f}".rstrip("0").rstrip(".") for fps in load_video_fps(EK100_DIR / "EPIC_100_video_info.csv").values()
+    }
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "epic_kitchens.md").read_text()
+    paragraph = guide.split("count frames at **60 per second**", 1)[1].split("\n\n", 1)[0]
+    assert rates == {"59.94", "50", "29.97", "47.95", "90"}
+    assert all(re.search(rf"(?<![\d.]){re.escape(rate)}(?![\d.]\d)", paragraph) for rate in rates), paragraph

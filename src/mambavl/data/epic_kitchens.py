@@ -754,7 +754,7 @@ class VideoFileSource:
     Otherwise index ``i`` is the frame shown at time ``i / annotation_fps``, decoded frame
     ``floor(i * fps_file / annotation_fps)``, and :meth:`fps`/:meth:`num_frames` are in annotation
     units. The official EK100 annotations number frames at 60 per second (``start_frame`` is
-    ``60 * start_timestamp`` in ``EPIC_100_validation.csv``, also for the 59.94 fps videos), so
+    ``60 * start_timestamp`` in ``EPIC_100_validation.csv``, whatever the video's own rate), so
     use ``annotation_fps=60`` with the original EK100 MP4s.
     """
 
