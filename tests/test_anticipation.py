@@ -120,3 +120,19 @@ def test_observed_window_refuses_times_that_give_no_window_before_the_action(tim
         observed_window(241, fps=60, **times)
     with pytest.raises(ValueError, match="`anticipation_time` must be >= 0 and `observation_time` > 0"):
         EK100AnticipationDataset([], None, **times)
+
+
+def test_evaluating_a_model_for_the_other_task_is_named():
+    # `mambavl evaluate` without --task anticipation scored an anticipation model on the actions' own frames, without
+    # a word; the reverse scored a recognition model on the seconds before each action
+    from types import SimpleNamespace
+
+    from mambavl.cli import _task_mismatch
+
+    anticipation = SimpleNamespace(architectures=["MambaVLForActionAnticipation"])
+    assert "saved as a anticipation model" not in (_task_mismatch(anticipation, "recognition") or "")
+    assert "--task anticipation to evaluate it as it was trained" in _task_mismatch(anticipation, "recognition")
+    recognition = SimpleNamespace(architectures=["MambaVLForActionRecognition"])
+    assert "--task recognition" in _task_mismatch(recognition, "anticipation")
+    assert _task_mismatch(anticipation, "anticipation") is None and _task_mismatch(recognition, "recognition") is None
+    assert _task_mismatch(SimpleNamespace(architectures=None), "recognition") is None

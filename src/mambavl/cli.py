@@ -172,6 +172,20 @@ def _model_class(task: str) -> Any:
     return MambaVLForActionAnticipation if task == "anticipation" else MambaVLForActionRecognition
 
 
+def _task_mismatch(config: Any, task: str) -> str | None:
+    """What is wrong when a model saved for one task is evaluated for the other (``config.architectures``)."""
+    saved = {"MambaVLForActionRecognition": "recognition", "MambaVLForActionAnticipation": "anticipation"}
+    tasks = {saved[name] for name in getattr(config, "architectures", None) or () if name in saved}
+    if len(tasks) != 1 or task in tasks:
+        return None
+    (trained,) = tasks
+    return (
+        f"was saved for {trained}, but --task {task} evaluates it for {task}"
+        + (" (on each action's own frames)" if task == "recognition" else " (on the seconds before each action)")
+        + f"; pass --task {trained} to evaluate it as it was trained."
+    )
+
+
 def _video_source(args: argparse.Namespace) -> Any:
     from .data import FeatureSource, FrameFolderSource, VideoFileSource
 
@@ -576,6 +590,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
 
     model = _model_class(args.task).from_pretrained(args.model).eval()
+    mismatch = _task_mismatch(model.config, args.task)
+    if mismatch:
+        logger.warning("--model %s %s", args.model, mismatch)
     processor = MambaVLProcessor.from_pretrained(args.model)
     classes = model.config.num_verb_classes, model.config.num_noun_classes
     dataset = _dataset(args, args.annotations, _video_source(args), False, processor, classes)
