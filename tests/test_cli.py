@@ -339,3 +339,16 @@ def test_an_error_mid_training_starts_on_its_own_line_after_the_progress_bar(tmp
     err = capsys.readouterr().err
     assert "train:" in err and "P02_01.safetensors" in err, err
     assert re.search(r"(^|\n)mambavl train: error: .*P02_01\.safetensors", err), err
+
+
+def test_weight_decay_help_names_every_parameter_it_spares():
+    # the help said "not applied to biases and norms"; training.py also spares the SSM's A_log and D (as the EK100
+    # guide says: "except on biases, norms and the SSM parameters")
+    from mambavl.training import _parameter_groups
+
+    model = torch.nn.Module()
+    model.A_log, model.D = torch.nn.Parameter(torch.zeros(4, 2)), torch.nn.Parameter(torch.zeros(4))
+    spared = {id(p) for p in _parameter_groups(model, 0.05)[1]["params"]}
+    assert id(model.A_log) in spared and id(model.D) in spared
+    train_help = " ".join(help_pages()["train"].split())
+    assert "not applied to biases, norms and the SSM's A_log and D" in train_help, train_help

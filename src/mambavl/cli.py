@@ -431,7 +431,10 @@ def _train_parser(sub: Any) -> None:
     opt.add_argument("--batch-size", type=_positive_int, default=8, help="global batch size (split across processes)")
     opt.add_argument("--learning-rate", type=_positive_float, default=1e-4, help="peak learning rate of AdamW")
     opt.add_argument(
-        "--weight-decay", type=float, default=0.05, help="AdamW weight decay (not applied to biases and norms)"
+        "--weight-decay",
+        type=float,
+        default=0.05,
+        help="AdamW weight decay (not applied to biases, norms and the SSM's A_log and D)",
     )
     opt.add_argument(
         "--warmup-ratio", type=float, default=0.1,
