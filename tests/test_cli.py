@@ -352,3 +352,21 @@ def test_weight_decay_help_names_every_parameter_it_spares():
     assert id(model.A_log) in spared and id(model.D) in spared
     train_help = " ".join(help_pages()["train"].split())
     assert "not applied to biases, norms and the SSM's A_log and D" in train_help, train_help
+
+
+@pytest.mark.parametrize("task", ["recognition", "anticipation"])
+def test_annotations_without_labels_are_refused_for_training_and_evaluation(tmp_path, task):
+    # a test split (no verb/noun columns) as --train-annotations trained on nothing and saved a model, every clip
+    # being unlabelled; as --val-annotations or evaluate's --annotations it failed after a whole epoch with
+    # "not found: 'verb_labels'"
+    from types import SimpleNamespace
+
+    from mambavl.cli import _dataset
+    from mambavl.data import ANNOTATION_COLUMNS
+
+    path = tmp_path / "test_split.csv"
+    path.write_text(",".join(ANNOTATION_COLUMNS[:8]) + "\nP01_01_0,P01,P01_01,00:00:00.1,00:00:00.0,00:00:01.0,1,9\n")
+    args = SimpleNamespace(task=task, anticipation_time=1.0, observation_time=1.0)
+    processor = SimpleNamespace(video_processor=SimpleNamespace(num_frames=4))
+    with pytest.raises(ValueError, match=r"test_split\.csv: no label columns .*training and evaluation need them"):
+        _dataset(args, path, None, True, processor)

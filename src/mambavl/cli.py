@@ -213,12 +213,17 @@ def _dataset(
         on_error="skip" if getattr(args, "skip_unreadable", False) else "raise",
         seed=getattr(args, "seed", 0),
     )
+    table = load_annotations(annotations, *label_space)
+    if "verb_class" not in table.column_names:  # label columns come all or none (load_annotations checks)
+        raise ValueError(
+            f"{annotations}: no label columns (verb, verb_class, noun, noun_class), as in a test split: training and "
+            "evaluation need them (`mambavl predict` gives the actions of unlabelled videos)."
+        )
     if args.task == "anticipation":
         return EK100AnticipationDataset(
-            load_annotations(annotations, *label_space), source, anticipation_time=args.anticipation_time,
-            observation_time=args.observation_time, **kwargs,
-        )  # fmt: skip
-    return EK100SegmentDataset(load_annotations(annotations, *label_space), source, **kwargs)
+            table, source, anticipation_time=args.anticipation_time, observation_time=args.observation_time, **kwargs
+        )
+    return EK100SegmentDataset(table, source, **kwargs)
 
 
 def _train_label_space(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
