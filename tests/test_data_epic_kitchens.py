@@ -713,3 +713,12 @@ def test_the_ek100_guide_names_every_frame_rate_of_the_videos():
     paragraph = guide.split("count frames at **60 per second**", 1)[1].split("\n\n", 1)[0]
     assert rates == {"59.94", "50", "29.97", "47.95", "90"}
     assert all(re.search(rf"(?<![\d.]){re.escape(rate)}(?![\d.]\d)", paragraph) for rate in rates), paragraph
+
+
+def test_check_dataset_labels_refuses_annotations_without_labels(tmp_path):
+    # train() on a test split (no verb/noun columns) ran its epochs on clips that were all unlabelled, learning nothing
+    path = tmp_path / "test_split.csv"
+    path.write_text(",".join(ANNOTATION_COLUMNS[:8]) + "\nP01_01_0,P01,P01_01,00:00:00.1,00:00:00.0,00:00:01.0,1,9\n")
+    dataset = SimpleNamespace(annotations=load_annotations(path))
+    with pytest.raises(ValueError, match=r"test_split\.csv: no label columns \(verb, verb_class, noun, noun_class\)"):
+        check_dataset_labels(dataset, SimpleNamespace(num_verb_classes=3, num_noun_classes=2))

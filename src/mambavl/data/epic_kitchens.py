@@ -610,11 +610,19 @@ def check_dataset_labels(dataset: Any, config: Any) -> None:
     ``dataset`` is an :class:`EK100SegmentDataset` (anything with labeled ``annotations``; other datasets
     are left alone) and ``config`` a :class:`~mambavl.MambaVLConfig` (``num_verb_classes``,
     ``num_noun_classes``). Raises ``ValueError`` naming the annotations file, the row and the
-    ``narration_id`` of the first id outside them (see :func:`check_annotations`).
+    ``narration_id`` of the first id outside them (see :func:`check_annotations`), or naming the file
+    when it has no label columns at all (a test split).
     """
     annotations = getattr(dataset, "annotations", None)
     columns = getattr(annotations, "column_names", None)
-    if columns is None or not all(c in columns for c in ("narration_id", "start_frame", "stop_frame", *LABEL_COLUMNS)):
+    if columns is None or not all(c in columns for c in ("narration_id", "start_frame", "stop_frame")):
+        return
+    if not any(c in columns for c in LABEL_COLUMNS):  # every clip unlabelled: training would learn nothing
+        raise ValueError(
+            f"{_annotations_source(annotations)}: no label columns ({', '.join(LABEL_COLUMNS)}), as in a test "
+            "split: training and evaluation need them."
+        )
+    if not all(c in columns for c in LABEL_COLUMNS):
         return
     num_verbs, num_nouns = getattr(config, "num_verb_classes", None), getattr(config, "num_noun_classes", None)
     if isinstance(num_verbs, int) and isinstance(num_nouns, int):
