@@ -370,3 +370,16 @@ def test_annotations_without_labels_are_refused_for_training_and_evaluation(tmp_
     processor = SimpleNamespace(video_processor=SimpleNamespace(num_frames=4))
     with pytest.raises(ValueError, match=r"test_split\.csv: no label columns .*training and evaluation need them"):
         _dataset(args, path, None, True, processor)
+
+
+def test_model_building_options_with_a_saved_model_are_refused(tmp_path):
+    # `mambavl train --model runs/x/model --num-frames 8 --hidden-size 64` trained the saved model as it was (4 frames,
+    # width 32) without a word
+    from mambavl.cli import _build_model_and_processor, build_parser
+
+    base = ["train", "--train-annotations", "t.csv", "--verb-classes", "v.csv", "--noun-classes", "n.csv",
+            "--video-root", str(tmp_path), "--output-dir", str(tmp_path / "run"),
+            "--model", str(tmp_path / "m")]  # fmt: skip
+    args = build_parser().parse_args([*base, "--num-frames", "8", "--hidden-size", "64"])
+    with pytest.raises(ValueError, match=r"--hidden-size, --num-frames: not read with --model"):
+        _build_model_and_processor(args)

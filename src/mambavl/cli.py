@@ -469,6 +469,9 @@ def _train_parser(sub: Any) -> None:
     opt.add_argument("--seed", type=int, default=0, help="seeds weight initialisation, data order and augmentation")
 
 
+_BUILD_OPTIONS = ("--hidden-size", "--fusion-type", "--num-frames", "--image-size")  # read only without --model
+
+
 def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     from . import MambaVLProcessor
     from .data import label_config, load_class_list
@@ -477,6 +480,12 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.model:
         if args.text_backbone or args.video_backbone:
             raise ValueError("Pass either --model or --text-backbone/--video-backbone, not both.")
+        ignored = _options_given(args, "train", lambda option, _: option in _BUILD_OPTIONS)
+        if ignored:  # the saved model and its processor fix them
+            raise ValueError(
+                f"{', '.join(ignored)}: not read with --model, whose saved config and processor set them; leave them "
+                "out, or build a new model with --text-backbone (and --video-backbone)."
+            )
         return model_class.from_pretrained(args.model), MambaVLProcessor.from_pretrained(args.model)
     verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
     if not args.text_backbone:
