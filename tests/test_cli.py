@@ -383,3 +383,17 @@ def test_model_building_options_with_a_saved_model_are_refused(tmp_path):
     args = build_parser().parse_args([*base, "--num-frames", "8", "--hidden-size", "64"])
     with pytest.raises(ValueError, match=r"--hidden-size, --num-frames: not read with --model"):
         _build_model_and_processor(args)
+
+
+def test_annotation_fps_gives_frame_folders_their_rate(tmp_path):
+    # `mambavl train --task anticipation --frames-root F --annotation-fps 12` failed with "FrameFolderSource has no
+    # frame rate for 'P01_01': pass fps=...", an argument the command line has no option for: --annotation-fps was
+    # not passed on to frame folders
+    from mambavl.cli import _video_source, build_parser
+
+    argv = ["train", "--train-annotations", "t.csv", "--verb-classes", "v.csv", "--noun-classes", "n.csv",
+            "--frames-root", str(tmp_path), "--output-dir", str(tmp_path / "run"),
+            "--task", "anticipation"]  # fmt: skip
+    assert _video_source(build_parser().parse_args([*argv, "--annotation-fps", "12"])).fps("P01_01") == 12
+    with pytest.raises(ValueError, match=r"no frame rate for 'P01_01'.*--annotation-fps"):
+        _video_source(build_parser().parse_args(argv)).fps("P01_01")

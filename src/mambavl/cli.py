@@ -135,7 +135,8 @@ def _add_source_arguments(parser: argparse.ArgumentParser, online: bool = False)
     )  # fmt: skip
     group.add_argument(
         "--annotation-fps", type=_positive_float, default=None,
-        help="frame rate of start_frame/stop_frame when it differs from the videos' (EPIC-KITCHENS-100: 60) "
+        help="frame rate of start_frame/stop_frame when it differs from the videos' (EPIC-KITCHENS-100: 60); with "
+        "--frames-root, the rate the frames were extracted at (anticipation needs it) "
         + (
             "(default: none, the videos' own rate; --task online reads the start/stop timestamps unless it is given)"
             if online
@@ -196,7 +197,7 @@ def _video_source(args: argparse.Namespace) -> Any:
     if args.video_root is not None:
         return VideoFileSource(args.video_root, layout=args.layout, annotation_fps=args.annotation_fps)
     if args.frames_root is not None:
-        return FrameFolderSource(args.frames_root, layout=args.layout)
+        return FrameFolderSource(args.frames_root, layout=args.layout, fps=args.annotation_fps)  # image k: frame k
     return FeatureSource(args.features_root, video_fps=args.annotation_fps)
 
 

@@ -927,7 +927,8 @@ class FrameFolderSource:
         value = _per_video(self._fps, video_id, "fps")
         if value is None:
             raise ValueError(
-                f"FrameFolderSource has no frame rate for {video_id!r}: pass fps=... (frame folders store none)"
+                f"FrameFolderSource has no frame rate for {video_id!r}: pass fps=... (frame folders store none; "
+                "mambavl CLI: --annotation-fps, the rate the frames were extracted at)"
             )
         return value
 
