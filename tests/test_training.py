@@ -138,6 +138,16 @@ def test_resume_at_or_past_the_limit_says_there_is_nothing_to_train(synthetic, t
     ]
 
 
+def test_mixed_precision_the_device_cannot_run_is_named(synthetic, tmp_path, caplog):
+    # `mambavl train --mixed-precision fp16` on a CPU trained in float32 without a word (its help said "GPU only",
+    # though bf16 does run on the CPU)
+    with caplog.at_level(logging.WARNING, logger="mambavl.training"):
+        run(synthetic, tmp_path, max_steps=1, num_epochs=1, mixed_precision="fp16", use_cpu=True)
+    assert any("mixed_precision='fp16' is not available on cpu" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+
+
 def test_epoch_sampler_depends_only_on_seed_and_epoch():
     a, b = EpochSampler(10, seed=3), EpochSampler(10, seed=3)
     a.set_epoch(1)

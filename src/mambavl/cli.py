@@ -450,8 +450,10 @@ def _train_parser(sub: Any) -> None:
         "--gradient-accumulation-steps", type=_positive_int, default=1, help="batches summed into each optimizer step"
     )
     opt.add_argument(
-        "--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (GPU only)"
-    )
+        "--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+        help="autocast precision (bf16 on GPUs and CPUs; fp16 on GPUs only: on a CPU it trains in float32, with "
+        "a warning)",
+    )  # fmt: skip
     opt.add_argument(
         "--num-workers",
         type=_non_negative_int,

@@ -82,7 +82,8 @@ class TrainingConfig:
         lr_scheduler: ``"cosine"`` (decays to 0) or ``"constant"`` (after warm-up).
         gradient_accumulation_steps: batches whose gradients are summed before each optimizer step.
         max_grad_norm: gradient clipping norm (``None``: no clipping).
-        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (GPU only).
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (autocast; ``"fp16"`` needs a GPU, and on the CPU
+            trains in float32 with a warning).
         seed: seeds dropout, data order and augmentation (the same on every process). The model's initial weights
             are drawn before :func:`train` is called: seed before building it (the ``mambavl`` CLI does).
         num_workers: DataLoader worker processes.
@@ -476,6 +477,9 @@ def train(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         step_scheduler_with_optimizer=False,
     )
+    if cfg.mixed_precision != "no" and not accelerator.native_amp and accelerator.is_main_process:
+        logger.warning("mixed_precision=%r is not available on %s: training in float32.", cfg.mixed_precision,
+                       accelerator.device)  # fmt: skip
     if cfg.batch_size % accelerator.num_processes:
         raise ValueError(
             f"`batch_size` ({cfg.batch_size}) is the global batch and must be divisible by the number of processes "
