@@ -88,3 +88,51 @@ def test_anticipation_model_is_the_recognition_model_with_its_own_name(tmp_path)
     reloaded = MambaVLForActionAnticipation.from_pretrained(tmp_path)
     assert reloaded.config.architectures == ["MambaVLForActionAnticipation"]
     torch.testing.assert_close(reloaded(**tiny_inputs()).noun_logits, model(**tiny_inputs()).noun_logits)
+
+
+def test_the_guide_names_the_metrics_anticipation_reports():
+    # docs/guides/anticipation.md said "Top-1 accuracies are reported too", but training and `mambavl evaluate
+    # --task anticipation` report the three class-mean recalls only
+    import re
+    from pathlib import Path
+
+    from mambavl.metrics import MetricAccumulator
+
+    acc = MetricAccumulator(task="anticipation")
+    acc.update(torch.randn(6, 8), torch.randn(6, 8), torch.arange(6), torch.arange(6))
+    reported = set(acc.compute())
+    assert reported == {"verb_recall5", "noun_recall5", "action_recall5"}
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "anticipation.md").read_text()
+    metrics = guide.split("**Metrics.**", 1)[1].split("\n\n", 1)[0]
+    assert "Top-1 accuracies are reported" not in metrics
+    assert set(re.findall(r"`(\w+_recall5)`", metrics)) == reported
+
+
+BAD_TIMES = [dict(anticipation_time=-1.0), dict(anticipation_time=float("nan")), dict(observation_time=0.0),
+             dict(observation_time=float("inf"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("times", BAD_TIMES)
+def test_observed_window_refuses_times_that_give_no_window_before_the_action(times):
+    # observed_window(241, fps=60, anticipation_time=-1) gave (182, 301): frames inside the action, with no error;
+    # a NaN failed with "cannot convert float NaN to integer" (also as `mambavl evaluate --anticipation-time nan`)
+    with pytest.raises(ValueError, match="`anticipation_time` must be >= 0 and `observation_time` > 0"):
+        observed_window(241, fps=60, **times)
+    with pytest.raises(ValueError, match="`anticipation_time` must be >= 0 and `observation_time` > 0"):
+        EK100AnticipationDataset([], None, **times)
+
+
+def test_evaluating_a_model_for_the_other_task_is_named():
+    # `mambavl evaluate` without --task anticipation scored an anticipation model on the actions' own frames, without
+    # a word; the reverse scored a recognition model on the seconds before each action
+    from types import SimpleNamespace
+
+    from mambavl.cli import _task_mismatch
+
+    anticipation = SimpleNamespace(architectures=["MambaVLForActionAnticipation"])
+    assert "saved as a anticipation model" not in (_task_mismatch(anticipation, "recognition") or "")
+    assert "--task anticipation to evaluate it as it was trained" in _task_mismatch(anticipation, "recognition")
+    recognition = SimpleNamespace(architectures=["MambaVLForActionRecognition"])
+    assert "--task recognition" in _task_mismatch(recognition, "anticipation")
+    assert _task_mismatch(anticipation, "anticipation") is None and _task_mismatch(recognition, "recognition") is None
+    assert _task_mismatch(SimpleNamespace(architectures=None), "recognition") is None

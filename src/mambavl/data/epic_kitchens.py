@@ -201,6 +201,8 @@ def load_class_list(path: str | os.PathLike) -> list[ActionClass]:
             classes.append(
                 ActionClass(id=class_id, key=key, instances=tuple(instances), category=row.get("category") or "")
             )
+    if not classes:
+        raise ValueError(f"Class list {path!r} lists no classes (a header and no rows)")
     classes.sort(key=lambda c: c.id)
     ids = [c.id for c in classes]
     if ids != list(range(len(classes))):
@@ -512,9 +514,9 @@ def load_annotations(
     (:data:`REQUIRED_COLUMNS`) must exist (label columns all or none); frame and class columns hold
     integers; ``narration_id`` and ``video_id`` are non-empty and every ``narration_id`` is unique;
     ``1 <= start_frame <= stop_frame``; class ids are ``>= 0`` and, with class lists, inside them
-    (``verb_class``, ``noun_class`` and ``all_noun_classes``). Rows whose verb/noun word is neither
-    the key nor an instance of its class are counted and logged as a warning, not rejected (EK100
-    has a few); call :func:`check_label_consistency` for the list.
+    (``verb_class``, ``noun_class`` and ``all_noun_classes``); a file with no rows is refused.
+    Rows whose verb/noun word is neither the key nor an instance of its class are counted and logged
+    as a warning, not rejected (EK100 has a few); call :func:`check_label_consistency` for the list.
 
     Args:
         verb_classes / noun_classes: the label space the class ids must fall in: class lists (from
@@ -543,6 +545,8 @@ def load_annotations(
             f"{path}: label columns must be all present or all absent; missing "
             f"{[c for c in LABEL_COLUMNS if c not in df.columns]} while {labels_present} are present"
         )
+    if len(df) == 0:
+        raise ValueError(f"{path}: no segments (a header and no rows); an annotation file needs at least one row")
 
     is_csv = not path.lower().endswith((".pkl", ".pickle", ".pkl.gz", ".pickle.gz"))
     where = _RowNamer(df, path, csv_path=path if is_csv else None)
@@ -606,11 +610,19 @@ def check_dataset_labels(dataset: Any, config: Any) -> None:
     ``dataset`` is an :class:`EK100SegmentDataset` (anything with labeled ``annotations``; other datasets
     are left alone) and ``config`` a :class:`~mambavl.MambaVLConfig` (``num_verb_classes``,
     ``num_noun_classes``). Raises ``ValueError`` naming the annotations file, the row and the
-    ``narration_id`` of the first id outside them (see :func:`check_annotations`).
+    ``narration_id`` of the first id outside them (see :func:`check_annotations`), or naming the file
+    when it has no label columns at all (a test split).
     """
     annotations = getattr(dataset, "annotations", None)
     columns = getattr(annotations, "column_names", None)
-    if columns is None or not all(c in columns for c in ("narration_id", "start_frame", "stop_frame", *LABEL_COLUMNS)):
+    if columns is None or not all(c in columns for c in ("narration_id", "start_frame", "stop_frame")):
+        return
+    if not any(c in columns for c in LABEL_COLUMNS):  # every clip unlabelled: training would learn nothing
+        raise ValueError(
+            f"{_annotations_source(annotations)}: no label columns ({', '.join(LABEL_COLUMNS)}), as in a test "
+            "split: training and evaluation need them."
+        )
+    if not all(c in columns for c in LABEL_COLUMNS):
         return
     num_verbs, num_nouns = getattr(config, "num_verb_classes", None), getattr(config, "num_noun_classes", None)
     if isinstance(num_verbs, int) and isinstance(num_nouns, int):
@@ -750,7 +762,7 @@ class VideoFileSource:
     Otherwise index ``i`` is the frame shown at time ``i / annotation_fps``, decoded frame
     ``floor(i * fps_file / annotation_fps)``, and :meth:`fps`/:meth:`num_frames` are in annotation
     units. The official EK100 annotations number frames at 60 per second (``start_frame`` is
-    ``60 * start_timestamp`` in ``EPIC_100_validation.csv``, also for the 59.94 fps videos), so
+    ``60 * start_timestamp`` in ``EPIC_100_validation.csv``, whatever the video's own rate), so
     use ``annotation_fps=60`` with the original EK100 MP4s.
     """
 
@@ -915,7 +927,8 @@ class FrameFolderSource:
         value = _per_video(self._fps, video_id, "fps")
         if value is None:
             raise ValueError(
-                f"FrameFolderSource has no frame rate for {video_id!r}: pass fps=... (frame folders store none)"
+                f"FrameFolderSource has no frame rate for {video_id!r}: pass fps=... (frame folders store none; "
+                "mambavl CLI: --annotation-fps, the rate the frames were extracted at)"
             )
         return value
 
@@ -1040,6 +1053,11 @@ class FeatureSource:
         if video_fps is None or feature_fps is None:
             return len(array)
         return math.ceil(len(array) * video_fps / feature_fps)
+
+    def _unmapped_rate(self, video_id: str) -> float | None:
+        """The features' own rate when they carry one but no video rate maps annotation frames to it, else ``None``."""
+        _, video_fps, feature_fps = self._video(video_id)
+        return feature_fps if video_fps is None and feature_fps is not None and feature_fps > 0 else None
 
     def fps(self, video_id: str) -> float:
         """Frame rate of the annotation frame numbers: the video's native rate if given, else the features'."""
@@ -1296,7 +1314,15 @@ class EK100SegmentDataset(torch.utils.data.Dataset):
         """Why frames ``start..stop`` (1-based) cannot be read from a video of ``total`` frames, or ``None``."""
         if 1 <= start <= stop <= total:
             return None
-        return f"frames {start}..{stop} (1-based) are outside {self._where(video_id)!r}, which has {total} frames"
+        problem = f"frames {start}..{stop} (1-based) are outside {self._where(video_id)!r}, which has {total} frames"
+        unmapped = getattr(self.source, "_unmapped_rate", None)
+        rate = unmapped(video_id) if unmapped is not None else None
+        if rate is not None:
+            problem += (
+                f" (it stores {rate:g} feature steps per second, read as one step per annotation frame because the "
+                "annotations' frame rate was not given: mambavl CLI --annotation-fps, FeatureSource(video_fps=...))"
+            )
+        return problem
 
     def _where(self, video_id: str) -> str:
         locate = getattr(self.source, "location", None)
