@@ -12,12 +12,14 @@ the dataset items keep their fields through ``remove_unused_columns``. Two thing
     python examples/finetune_with_trainer.py --help
     python examples/finetune_with_trainer.py --train-annotations train.csv ... --output-dir runs/trainer
     accelerate launch --multi_gpu --num_processes 2 examples/finetune_with_trainer.py ...   # several GPUs
+    torchrun --standalone --nproc_per_node 2 examples/finetune_with_trainer.py ...          # or CPU processes
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from mambavl import MambaVLForActionRecognition, MambaVLProcessor
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         save_strategy="no",  # the final model is saved below, with its processor
         logging_steps=10,
         report_to=[],
+        # Without a GPU, `accelerate` forms one process group of several (torchrun) processes only with use_cpu:
+        # otherwise each process trains a model of its own.
+        use_cpu=not torch.accelerator.is_available(),
     )
     trainer = MambaVLTrainer(
         model=model,

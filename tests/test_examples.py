@@ -216,6 +216,26 @@ def test_train_accelerate_example_on_two_processes():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
+def test_trainer_example_on_two_cpu_processes_trains_one_model():
+    """torchrun's two processes form one group on a machine without GPU: accelerate made each process train a model
+    of its own (two "model saved" lines, each writing the folder) unless the script sets ``use_cpu``."""
+    blocks = dict(guide_blocks())
+    command = (
+        "torchrun --standalone --nproc_per_node 2 ../examples/finetune_with_trainer.py "
+        '"${DATA[@]}" "${MODEL[@]}" --batch-size 4 --max-steps 2 --output-dir runs/trainer-two'
+    )
+    folder = checkout_folder()
+    try:
+        session = Session(folder, run_session(folder, [("try-setup", blocks["try-setup"]), ("two", command)]))
+        output = session.output("two")
+        assert output.count("model saved to runs/trainer-two/model") == 1, output[-2000:]  # one group, one rank 0
+        assert output.count("eval_loss: ") == 1
+        assert_loadable(folder / "runs" / "trainer-two" / "model")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_anticipation_train_and_evaluate(session):
     output = session.output("try-anticipation")
     recalls = dict(re.findall(r"^\s+(\w+_recall5)\s+(\d+\.\d+)$", output, re.MULTILINE))
