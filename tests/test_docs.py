@@ -126,3 +126,30 @@ def test_sphinx_html_and_doctest_builds_pass_with_warnings_as_errors(tmp_path):
     report = (tmp_path / "doctest" / "output.txt").read_text()
     summary = re.search(r"(\d+) tests\s+(\d+) failures? in tests", report)
     assert summary and int(summary.group(1)) > 50 and int(summary.group(2)) == 0, report[-3000:]
+
+
+def _imported_and_used(source: str) -> tuple[set[str], set[str]]:
+    import ast
+
+    imported, used = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            used.add(node.id)
+    return imported, used
+
+
+@pytest.mark.parametrize("page", ["guides/huggingface.md"])
+def test_doctest_blocks_import_what_they_use(page):
+    """A reader copies the visible ``{doctest}`` blocks, not the hidden ``{testsetup}``: a module the setup imports
+    and the blocks use must be imported in the blocks too (``os.listdir`` was a NameError when copied)."""
+    import doctest
+
+    text = (DOCS / page).read_text(encoding="utf-8")
+    setup = "\n".join(re.findall(r"^```\{testsetup\}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL))
+    blocks = "\n".join(re.findall(r"^```\{doctest\}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL))
+    visible = "\n".join(example.source for example in doctest.DocTestParser().get_examples(blocks))
+    setup_imports, _ = _imported_and_used(setup)
+    visible_imports, used = _imported_and_used(visible)
+    assert not (setup_imports & used) - visible_imports, f"{page}: used but imported only in the testsetup"
