@@ -94,6 +94,27 @@ def test_bad_calls_get_clear_errors(folder):
         recognizer(clip(), topk=2)
 
 
+def test_start_and_end_outside_the_video_are_named(folder, tmp_path, caplog):
+    """`end` past the end of the file was cut to the video's length without a word; a negative `start` was
+    reported as selecting no frame."""
+    pytest.importorskip("av")
+    from mambavl.data import write_video
+
+    path = tmp_path / "clip.mp4"
+    write_video(path, clip(3, frames=20), fps=10)  # 2 s
+    recognizer = pipeline("egocentric-action-recognition", model=str(folder))
+    with pytest.raises(ValueError, match=r"start=-1: .*0 or more"):
+        recognizer(str(path), start=-1, end=1)
+    with caplog.at_level("WARNING", logger="mambavl.pipelines"):
+        past = recognizer(str(path), start=0.5, end=60, top_k=2)
+    assert "end=60" in caplog.text and "2.0 s" in caplog.text
+    assert past == recognizer(str(path), start=0.5, top_k=2)  # read to the end of the video
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mambavl.pipelines"):
+        recognizer(str(path), start=0.5, end=2.0, top_k=2)  # the video's own end: nothing to say
+    assert caplog.text == ""
+
+
 def test_the_video_classification_pipeline_fails_with_a_message_naming_it(folder):
     with pytest.raises(ValueError, match="video-classification pipeline"):
         pipeline("video-classification", model=str(folder))

@@ -17,6 +17,7 @@ verb and noun questions; it fails with a message naming the ``video-classificati
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import Pipeline
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TASK", "EgocentricActionRecognitionPipeline", "register_pipelines"]
 
@@ -47,7 +50,7 @@ class EgocentricActionRecognitionPipeline(Pipeline):
     Keyword arguments: ``top_k`` (default 5) actions to return; ``question``: your own question (one string used
     for both the verb and the noun question, or a ``(verb_question, noun_question)`` pair), with the tokenizer's
     mask token where the answer goes; by default the processor's label-free questions; ``start`` / ``end``
-    (seconds, video files only).
+    (seconds, video files only; an ``end`` past the end of the video reads to its end, with a warning).
 
     Returns:
         For one clip, a list of ``top_k`` dicts ``{"verb", "noun", "label", "score", "verb_id", "noun_id"}``, best
@@ -140,8 +143,15 @@ class EgocentricActionRecognitionPipeline(Pipeline):
         from .data import decode_frames, read_video_info, sample_frame_indices
 
         info = read_video_info(path)
+        if start is not None and start < 0:
+            raise ValueError(f"start={start!r}: the start of the clip (seconds) must be 0 or more.")
         first = 0 if start is None else round(start * info.fps)
         last = info.num_frames - 1 if end is None else min(info.num_frames - 1, round(end * info.fps))
+        if end is not None and round(end * info.fps) > info.num_frames:
+            logger.warning(
+                "end=%r s is past the end of %s (%.1f s, %d frames at %s fps): reading to the end of the video.",
+                end, path, info.num_frames / info.fps, info.num_frames, info.fps,
+            )  # fmt: skip
         if not 0 <= first <= last:
             raise ValueError(
                 f"start={start!r} / end={end!r} select no frame of {path} ({info.num_frames} frames at "
