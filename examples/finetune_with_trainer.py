@@ -28,16 +28,23 @@ from mambavl.metrics import recognition_metrics
 
 
 class MambaVLTrainer(Trainer):
-    """A ``Trainer`` whose evaluation batches come from their own collator (label-free questions)."""
+    """A ``Trainer`` whose evaluation and prediction batches come from their own collator (label-free questions)."""
 
     def __init__(self, *args, eval_data_collator, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
 
-    def get_eval_dataloader(self, eval_dataset=None):
+    def get_eval_dataloader(self, eval_dataset=None):  # evaluate()
         train_collator, self.data_collator = self.data_collator, self.eval_data_collator
         try:
             return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def get_test_dataloader(self, test_dataset):  # predict()
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_test_dataloader(test_dataset)
         finally:
             self.data_collator = train_collator
 

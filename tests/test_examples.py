@@ -9,6 +9,7 @@ runs tested commands.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -199,6 +200,37 @@ def test_trainer_example_trains_evaluates_and_saves(session):
     assert 0 <= float(metrics["eval_action_top1"]) <= 100 and float(metrics["eval_loss"]) > 0
     assert "model saved to runs/trainer/model" in output
     assert_loadable(session.folder / "runs" / "trainer" / "model")
+
+
+def test_trainer_example_predicts_with_the_evaluation_collator(tmp_path):
+    """`MambaVLTrainer.predict` must not build the questions from the labels: it swapped in the evaluation collator
+    for `evaluate` only, so `predict` (its test dataloader) collated with the training collator."""
+    from transformers import TrainingArguments
+
+    from tiny import tiny_config, tiny_inputs
+
+    path = REPO / "examples" / "finetune_with_trainer.py"
+    spec = importlib.util.spec_from_file_location("finetune_with_trainer", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    def training_collator(items):
+        raise AssertionError("the training collator (questions from the labels) collated an evaluation batch")
+
+    def evaluation_collator(items):
+        return {**tiny_inputs(batch=len(items)), "verb_labels": torch.zeros(len(items), dtype=torch.long),
+                "noun_labels": torch.zeros(len(items), dtype=torch.long)}  # fmt: skip
+
+    args = TrainingArguments(str(tmp_path), per_device_eval_batch_size=2, report_to=[], use_cpu=True)
+    trainer = example.MambaVLTrainer(
+        model=MambaVLForActionRecognition(tiny_config()), args=args, data_collator=training_collator,
+        eval_data_collator=evaluation_collator, compute_metrics=example.compute_metrics,
+    )  # fmt: skip
+    items = [{"narration_id": str(i)} for i in range(4)]
+    assert "eval_loss" in trainer.evaluate(items)
+    verb_logits, noun_logits = trainer.predict(items).predictions
+    assert verb_logits.shape[0] == noun_logits.shape[0] == 4
+    assert trainer.data_collator is training_collator
 
 
 @pytest.mark.slow
