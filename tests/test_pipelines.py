@@ -115,6 +115,29 @@ def test_start_and_end_outside_the_video_are_named(folder, tmp_path, caplog):
     assert caplog.text == ""
 
 
+def test_batch_size_batches_clips_whose_questions_differ_in_length(folder):
+    """`pipeline(..., batch_size=2)`, the usual pipeline option, stopped in transformers' collate with a NameError
+    (`f_padding_value`): the pipeline has no feature extractor to pad `pixel_values` and its question ids are not
+    `input_ids`. Batched results are those of one clip at a time."""
+    recognizer = pipeline("egocentric-action-recognition", model=str(folder))
+    clips = [clip(0), clip(1), clip(2)]
+    for kwargs in ({}, {"question": ("what is the [MASK]?", "what is the person doing with the [MASK]?")}):
+        expected = recognizer(clips, top_k=3, **kwargs)
+        batched = recognizer(clips, top_k=3, batch_size=2, **kwargs)
+        assert len(batched) == 3
+        for got, want in zip(batched, expected, strict=True):
+            assert [(r["verb"], r["noun"]) for r in got] == [(r["verb"], r["noun"]) for r in want]
+            assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], rel=1e-5)
+    # questions of different lengths in one batch: padded on the right with the tokenizer's pad id, mask 0
+    processor = MambaVLProcessor.from_pretrained(folder)
+    items = [dict(processor(videos=[clips[0]], text="what [MASK]?")),
+             dict(processor(videos=[clips[1]], text="what is the person doing with the [MASK]?"))]  # fmt: skip
+    batch = recognizer._collate(items)
+    assert batch["pixel_values"].shape[0] == 2 and batch["verb_input_ids"].shape == batch["verb_attention_mask"].shape
+    assert int(batch["verb_attention_mask"][0, -1]) == 0 and int(batch["verb_attention_mask"][1, -1]) == 1
+    assert int(batch["verb_input_ids"][0, -1]) == processor.tokenizer.pad_token_id
+
+
 def test_the_video_classification_pipeline_fails_with_a_message_naming_it(folder):
     with pytest.raises(ValueError, match="video-classification pipeline"):
         pipeline("video-classification", model=str(folder))
