@@ -12,12 +12,14 @@ the dataset items keep their fields through ``remove_unused_columns``. Two thing
     python examples/finetune_with_trainer.py --help
     python examples/finetune_with_trainer.py --train-annotations train.csv ... --output-dir runs/trainer
     accelerate launch --multi_gpu --num_processes 2 examples/finetune_with_trainer.py ...   # several GPUs
+    torchrun --standalone --nproc_per_node 2 examples/finetune_with_trainer.py ...          # or CPU processes
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from mambavl import MambaVLForActionRecognition, MambaVLProcessor
@@ -26,16 +28,23 @@ from mambavl.metrics import recognition_metrics
 
 
 class MambaVLTrainer(Trainer):
-    """A ``Trainer`` whose evaluation batches come from their own collator (label-free questions)."""
+    """A ``Trainer`` whose evaluation and prediction batches come from their own collator (label-free questions)."""
 
     def __init__(self, *args, eval_data_collator, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
 
-    def get_eval_dataloader(self, eval_dataset=None):
+    def get_eval_dataloader(self, eval_dataset=None):  # evaluate()
         train_collator, self.data_collator = self.data_collator, self.eval_data_collator
         try:
             return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def get_test_dataloader(self, test_dataset):  # predict()
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_test_dataloader(test_dataset)
         finally:
             self.data_collator = train_collator
 
@@ -111,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         save_strategy="no",  # the final model is saved below, with its processor
         logging_steps=10,
         report_to=[],
+        # Without a GPU, `accelerate` forms one process group of several (torchrun) processes only with use_cpu:
+        # otherwise each process trains a model of its own.
+        use_cpu=not torch.accelerator.is_available(),
     )
     trainer = MambaVLTrainer(
         model=model,

@@ -152,3 +152,28 @@ def test_lora_share_of_trainable_weights_in_the_fine_tuning_guide():
     trainable, total = peft.get_peft_model(model, lora).get_nb_trainable_parameters()
     words = " ".join(section.split("```python", 1)[0].split())
     assert f"{trainable:,} of the {total / 1e6:.1f}M parameters ({100 * trainable / total:.2f}%)" in words, words
+
+
+def _imported_and_used(source: str) -> tuple[set[str], set[str]]:
+    imported, used = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            used.add(node.id)
+    return imported, used
+
+
+@pytest.mark.parametrize("page", ["guides/huggingface.md"])
+def test_doctest_blocks_import_what_they_use(page):
+    """A reader copies the visible ``{doctest}`` blocks, not the hidden ``{testsetup}``: a module the setup imports
+    and the blocks use must be imported in the blocks too (``os.listdir`` was a NameError when copied)."""
+    import doctest
+
+    text = (DOCS / page).read_text(encoding="utf-8")
+    setup = "\n".join(re.findall(r"^```\{testsetup\}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL))
+    blocks = "\n".join(re.findall(r"^```\{doctest\}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL))
+    visible = "\n".join(example.source for example in doctest.DocTestParser().get_examples(blocks))
+    setup_imports, _ = _imported_and_used(setup)
+    visible_imports, used = _imported_and_used(visible)
+    assert not (setup_imports & used) - visible_imports, f"{page}: used but imported only in the testsetup"

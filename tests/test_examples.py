@@ -9,6 +9,7 @@ runs tested commands.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -201,6 +202,37 @@ def test_trainer_example_trains_evaluates_and_saves(session):
     assert_loadable(session.folder / "runs" / "trainer" / "model")
 
 
+def test_trainer_example_predicts_with_the_evaluation_collator(tmp_path):
+    """`MambaVLTrainer.predict` must not build the questions from the labels: it swapped in the evaluation collator
+    for `evaluate` only, so `predict` (its test dataloader) collated with the training collator."""
+    from transformers import TrainingArguments
+
+    from tiny import tiny_config, tiny_inputs
+
+    path = REPO / "examples" / "finetune_with_trainer.py"
+    spec = importlib.util.spec_from_file_location("finetune_with_trainer", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    def training_collator(items):
+        raise AssertionError("the training collator (questions from the labels) collated an evaluation batch")
+
+    def evaluation_collator(items):
+        return {**tiny_inputs(batch=len(items)), "verb_labels": torch.zeros(len(items), dtype=torch.long),
+                "noun_labels": torch.zeros(len(items), dtype=torch.long)}  # fmt: skip
+
+    args = TrainingArguments(str(tmp_path), per_device_eval_batch_size=2, report_to=[], use_cpu=True)
+    trainer = example.MambaVLTrainer(
+        model=MambaVLForActionRecognition(tiny_config()), args=args, data_collator=training_collator,
+        eval_data_collator=evaluation_collator, compute_metrics=example.compute_metrics,
+    )  # fmt: skip
+    items = [{"narration_id": str(i)} for i in range(4)]
+    assert "eval_loss" in trainer.evaluate(items)
+    verb_logits, noun_logits = trainer.predict(items).predictions
+    assert verb_logits.shape[0] == noun_logits.shape[0] == 4
+    assert trainer.data_collator is training_collator
+
+
 @pytest.mark.slow
 def test_train_accelerate_example_on_two_processes():
     blocks = dict(guide_blocks())
@@ -212,6 +244,26 @@ def test_train_accelerate_example_on_two_processes():
         start = json.loads((folder / "runs" / "two-processes" / "metrics.jsonl").read_text().splitlines()[0])
         assert start["num_processes"] == 2
         assert_loadable(folder / "runs" / "two-processes" / "model")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_trainer_example_on_two_cpu_processes_trains_one_model():
+    """torchrun's two processes form one group on a machine without GPU: accelerate made each process train a model
+    of its own (two "model saved" lines, each writing the folder) unless the script sets ``use_cpu``."""
+    blocks = dict(guide_blocks())
+    command = (
+        "torchrun --standalone --nproc_per_node 2 ../examples/finetune_with_trainer.py "
+        '"${DATA[@]}" "${MODEL[@]}" --batch-size 4 --max-steps 2 --output-dir runs/trainer-two'
+    )
+    folder = checkout_folder()
+    try:
+        session = Session(folder, run_session(folder, [("try-setup", blocks["try-setup"]), ("two", command)]))
+        output = session.output("two")
+        assert output.count("model saved to runs/trainer-two/model") == 1, output[-2000:]  # one group, one rank 0
+        assert output.count("eval_loss: ") == 1
+        assert_loadable(folder / "runs" / "trainer-two" / "model")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

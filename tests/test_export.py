@@ -47,3 +47,16 @@ def test_decomposed_program_matches_eager(exported) -> None:
     out = program.run_decompositions().module()(**inputs)
     with torch.no_grad():
         torch.testing.assert_close(out.verb_logits.detach(), model(**inputs).verb_logits, atol=1e-6, rtol=1e-5)
+
+
+def test_exported_program_saves_and_loads(exported, tmp_path) -> None:
+    """``torch.export.save`` / ``load`` round trip: the frozen text encoder's ``set_grad_enabled(False)`` region
+    became a ``wrap_with_set_grad_enabled`` node that ``torch.export.load`` refused ("missing val field")."""
+    model, program, inputs = exported
+    assert model.mambavl.text_encoder.encoder._mambavl_frozen  # the default: a frozen question encoder
+    torch.export.save(program, tmp_path / "model.pt2")
+    loaded = torch.export.load(tmp_path / "model.pt2")
+    with torch.no_grad():
+        out = loaded.module()(**inputs)
+        eager = model(**inputs)
+    torch.testing.assert_close(out.verb_logits, eager.verb_logits, atol=1e-6, rtol=1e-5)

@@ -100,6 +100,18 @@ def test_training_rows_are_seeded_per_clip_and_per_epoch(synthetic, processor):
     assert processor.tokenizer.mask_token_id in first[2]["verb_input_ids"].tolist()  # masked training questions
 
 
+def test_the_epoch_advances_through_the_datasets_transform(synthetic, processor):
+    """What the guide tells `Trainer` users (who cannot rebuild the dataset each epoch): the transform's `set_epoch`,
+    reached as `clips.format["format_kwargs"]["transform"]`, gives the rows of the next epoch."""
+    kwargs = dict(num_frames=4, sampling="random", training=True, seed=3)
+    clips = hf_segment_dataset(synthetic.train_annotations, synthetic.video_source(), processor, **kwargs)
+    later = hf_segment_dataset(synthetic.train_annotations, synthetic.video_source(), processor, epoch=1, **kwargs)
+    transform = clips.format["format_kwargs"]["transform"]
+    assert isinstance(transform, SegmentTransform)
+    transform.set_epoch(1)
+    assert torch.equal(clips[2]["pixel_values"], later[2]["pixel_values"])
+
+
 def test_precomputed_features(tmp_path, synthetic, processor):
     annotations = load_annotations(synthetic.train_annotations)
     rng = np.random.default_rng(0)

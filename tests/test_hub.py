@@ -23,7 +23,7 @@ from mambavl import (
     MambaVLProcessor,
     MambaVLVideoProcessor,
 )
-from mambavl.hub import AUTO_MODULE, model_card
+from mambavl.hub import AUTO_MODULE, known_metrics, model_card
 from tiny import tiny_config, tiny_inputs
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "is", "the", "person", "doing", "?"]
@@ -275,6 +275,15 @@ def test_push_to_hub_keeps_a_card_already_on_the_hub(fake_hub, monkeypatch):
     card = ModelCard(fake_hub[0]["files"]["README.md"].decode())
     assert card.text.strip() == "# Our model\n\nHand-written."
     assert card.data.library_name == "mambavl" and card.data.license == "apache-2.0"
+
+
+def test_model_card_metrics_from_trainer_save_metrics_leave_out_timings(tmp_path):
+    """`Trainer.evaluate` also returns timings (`eval_runtime`, and `eval_model_preparation_time` when the model was
+    not prepared before): the card listed the latter as an evaluation result."""
+    results = {"eval_loss": 4.17, "eval_verb_top1": 25.0, "eval_runtime": 0.09, "eval_samples_per_second": 41.0,
+               "eval_model_preparation_time": 0.0007, "epoch": 1.0}  # fmt: skip
+    (tmp_path / "eval_results.json").write_text(json.dumps(results))
+    assert known_metrics(tmp_path) == {"eval_loss": 4.17, "eval_verb_top1": 25.0}
 
 
 def test_save_pretrained_with_push_to_hub_uploads_the_card(fake_hub, tmp_path):

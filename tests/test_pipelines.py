@@ -94,6 +94,50 @@ def test_bad_calls_get_clear_errors(folder):
         recognizer(clip(), topk=2)
 
 
+def test_start_and_end_outside_the_video_are_named(folder, tmp_path, caplog):
+    """`end` past the end of the file was cut to the video's length without a word; a negative `start` was
+    reported as selecting no frame."""
+    pytest.importorskip("av")
+    from mambavl.data import write_video
+
+    path = tmp_path / "clip.mp4"
+    write_video(path, clip(3, frames=20), fps=10)  # 2 s
+    recognizer = pipeline("egocentric-action-recognition", model=str(folder))
+    with pytest.raises(ValueError, match=r"start=-1: .*0 or more"):
+        recognizer(str(path), start=-1, end=1)
+    with caplog.at_level("WARNING", logger="mambavl.pipelines"):
+        past = recognizer(str(path), start=0.5, end=60, top_k=2)
+    assert "end=60" in caplog.text and "2.0 s" in caplog.text
+    assert past == recognizer(str(path), start=0.5, top_k=2)  # read to the end of the video
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mambavl.pipelines"):
+        recognizer(str(path), start=0.5, end=2.0, top_k=2)  # the video's own end: nothing to say
+    assert caplog.text == ""
+
+
+def test_batch_size_batches_clips_whose_questions_differ_in_length(folder):
+    """`pipeline(..., batch_size=2)`, the usual pipeline option, stopped in transformers' collate with a NameError
+    (`f_padding_value`): the pipeline has no feature extractor to pad `pixel_values` and its question ids are not
+    `input_ids`. Batched results are those of one clip at a time."""
+    recognizer = pipeline("egocentric-action-recognition", model=str(folder))
+    clips = [clip(0), clip(1), clip(2)]
+    for kwargs in ({}, {"question": ("what is the [MASK]?", "what is the person doing with the [MASK]?")}):
+        expected = recognizer(clips, top_k=3, **kwargs)
+        batched = recognizer(clips, top_k=3, batch_size=2, **kwargs)
+        assert len(batched) == 3
+        for got, want in zip(batched, expected, strict=True):
+            assert [(r["verb"], r["noun"]) for r in got] == [(r["verb"], r["noun"]) for r in want]
+            assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], rel=1e-5)
+    # questions of different lengths in one batch: padded on the right with the tokenizer's pad id, mask 0
+    processor = MambaVLProcessor.from_pretrained(folder)
+    items = [dict(processor(videos=[clips[0]], text="what [MASK]?")),
+             dict(processor(videos=[clips[1]], text="what is the person doing with the [MASK]?"))]  # fmt: skip
+    batch = recognizer._collate(items)
+    assert batch["pixel_values"].shape[0] == 2 and batch["verb_input_ids"].shape == batch["verb_attention_mask"].shape
+    assert int(batch["verb_attention_mask"][0, -1]) == 0 and int(batch["verb_attention_mask"][1, -1]) == 1
+    assert int(batch["verb_input_ids"][0, -1]) == processor.tokenizer.pad_token_id
+
+
 def test_the_video_classification_pipeline_fails_with_a_message_naming_it(folder):
     with pytest.raises(ValueError, match="video-classification pipeline"):
         pipeline("video-classification", model=str(folder))

@@ -149,7 +149,7 @@ def _base_models(config: Any) -> list[str]:
     return [i for i in ids if i]
 
 
-_NOT_METRICS = ("samples", "runtime", "per_second", "epoch", "step", "num_", "flos")
+_NOT_METRICS = ("samples", "runtime", "_time", "per_second", "epoch", "step", "num_", "flos")
 
 
 def _finite_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,14 @@ def _is_frozen(module: nn.Module | None) -> bool:
     return module is not None and getattr(module, "_mambavl_frozen", False)
 
 
+def _grad_mode_for(module: nn.Module | None) -> contextlib.AbstractContextManager:
+    """No gradients through a frozen encoder. Not while ``torch.export`` traces: there the switch becomes a
+    ``wrap_with_set_grad_enabled`` node that ``torch.export.load`` refuses, and the frozen weights need none anyway."""
+    if torch.compiler.is_exporting():
+        return contextlib.nullcontext()
+    return torch.set_grad_enabled(torch.is_grad_enabled() and not _is_frozen(module))
+
+
 class MambaVLTextEncoder(nn.Module):
     """Question encoder: a `transformers` text model (its embedding layer only, or all of it) and the paper's
     three-layer MLP projection to the fusion width.
@@ -211,7 +220,7 @@ class MambaVLTextEncoder(nn.Module):
         """Encode ``input_ids (B, L)`` to ``(B, L, hidden_size)``; with ``output_attentions``, also return the text
         model's attention weights (``"full"`` mode; ``None`` in ``"embeddings"`` mode, which has no attention)."""
         attentions = None
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not _is_frozen(self.encoder)):
+        with _grad_mode_for(self.encoder):
             if self.mode == "full":
                 extra = {"output_attentions": True} if output_attentions else {}
                 out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
@@ -411,7 +420,7 @@ class MambaVLModel(MambaVLPreTrainedModel):
             if pixel_values.dim() != 5:
                 raise ValueError(f"`pixel_values` must be (B, T, C, H, W), got shape {tuple(pixel_values.shape)}.")
             check_video_dtype("pixel_values", pixel_values, self.video_encoder.dtype)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not _is_frozen(self.video_encoder)):
+            with _grad_mode_for(self.video_encoder):
                 extra = {"output_attentions": True} if output_attentions else {}
                 out = self.video_encoder(pixel_values=pixel_values, **extra)
                 video_features, attentions = out.last_hidden_state, getattr(out, "attentions", None)

@@ -17,13 +17,17 @@ verb and noun questions; it fails with a message naming the ``video-classificati
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import Pipeline
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TASK", "EgocentricActionRecognitionPipeline", "register_pipelines"]
 
@@ -42,12 +46,13 @@ class EgocentricActionRecognitionPipeline(Pipeline):
     - a video file path: ``num_frames`` frames (the processor's) are sampled at the centres of equal segments of
       the whole video, or of ``start`` .. ``end`` seconds;
     - decoded frames: a ``(T, H, W, 3)`` (or channels-first ``(T, 3, H, W)``) uint8 array or tensor;
-    - a list of those: a batch, one result list per clip.
+    - a list of those: one result list per clip (run ``batch_size`` clips at a time with the pipeline's usual
+      ``batch_size`` option).
 
     Keyword arguments: ``top_k`` (default 5) actions to return; ``question``: your own question (one string used
     for both the verb and the noun question, or a ``(verb_question, noun_question)`` pair), with the tokenizer's
     mask token where the answer goes; by default the processor's label-free questions; ``start`` / ``end``
-    (seconds, video files only).
+    (seconds, video files only; an ``end`` past the end of the video reads to its end, with a warning).
 
     Returns:
         For one clip, a list of ``top_k`` dicts ``{"verb", "noun", "label", "score", "verb_id", "noun_id"}``, best
@@ -140,8 +145,15 @@ class EgocentricActionRecognitionPipeline(Pipeline):
         from .data import decode_frames, read_video_info, sample_frame_indices
 
         info = read_video_info(path)
+        if start is not None and start < 0:
+            raise ValueError(f"start={start!r}: the start of the clip (seconds) must be 0 or more.")
         first = 0 if start is None else round(start * info.fps)
         last = info.num_frames - 1 if end is None else min(info.num_frames - 1, round(end * info.fps))
+        if end is not None and round(end * info.fps) > info.num_frames:
+            logger.warning(
+                "end=%r s is past the end of %s (%.1f s, %d frames at %s fps): reading to the end of the video.",
+                end, path, info.num_frames / info.fps, info.num_frames, info.fps,
+            )  # fmt: skip
         if not 0 <= first <= last:
             raise ValueError(
                 f"start={start!r} / end={end!r} select no frame of {path} ({info.num_frames} frames at "
@@ -150,6 +162,40 @@ class EgocentricActionRecognitionPipeline(Pipeline):
         num_frames = self.processor.video_processor.num_frames or (last - first + 1)
         (indices,) = sample_frame_indices(first + 1, last + 1, num_frames, "center")
         return decode_frames(path, [i - 1 for i in indices])
+
+    def get_iterator(
+        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
+    ):
+        """As ``Pipeline.get_iterator``, with a collate of its own for ``batch_size > 1``: ``transformers``' pads
+        only ``input_ids`` and a feature extractor's inputs, and this pipeline has neither."""
+        if batch_size == 1:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        from torch.utils.data import DataLoader
+        from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+        if isinstance(inputs, Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            num_workers = 1 if num_workers > 1 else num_workers  # as transformers does for iterables
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=self._collate)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def _collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Clips prepared one by one (one row each) -> a batch; questions padded on the right (pad id, mask 0)."""
+        batch = {}
+        pad_id = self.processor.tokenizer.pad_token_id or 0
+        for key in items[0]:
+            rows = [item[key] for item in items]
+            if key.endswith(("_input_ids", "_attention_mask")):
+                length = max(row.shape[-1] for row in rows)
+                value = pad_id if key.endswith("_input_ids") else 0
+                rows = [F.pad(row, (0, length - row.shape[-1]), value=value) for row in rows]
+            batch[key] = torch.cat(rows, dim=0)
+        return batch
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.model(**model_inputs, return_dict=True)
