@@ -138,7 +138,18 @@ def test_resume_at_or_past_the_limit_says_there_is_nothing_to_train(synthetic, t
     ]
 
 
-def test_mixed_precision_the_device_cannot_run_is_named(synthetic, tmp_path, caplog):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose mixed precision cannot change once set: a test that sets another
+    one starts from a fresh state and leaves one behind for the tests after it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_mixed_precision_the_device_cannot_run_is_named(synthetic, tmp_path, caplog, fresh_accelerate_state):
     # `mambavl train --mixed-precision fp16` on a CPU trained in float32 without a word (its help said "GPU only",
     # though bf16 does run on the CPU)
     with caplog.at_level(logging.WARNING, logger="mambavl.training"):
