@@ -14,7 +14,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mambavl.questions import (
@@ -238,12 +238,13 @@ def test_word_forms_add_regular_plurals_the_dictionary_lacks():
     assert masked == "[MASK] [MASK] in the bin, two overs"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)  # the same examples in every run: CI stays decidable
 @given(st.text(alphabet="bcdfghklmnprstvz", min_size=1, max_size=3), st.sampled_from(["a", "e", "i", "o", "u"]),
        st.sampled_from(["", "y", "o", "f", "fe", "s", "x", "ch", "sh", "ing"]))  # fmt: skip
 def test_unseen_words_lose_every_regular_plural(head, vowel, tail):
     # An invented noun, one for each spelling case: every regular plural of it is masked.
     word = head + vowel + "r" + tail
+    assume(word not in PARTICLES | STOP_WORDS)  # "for", "her": words that are never masked alone, not nouns
     forms = set(regular_plurals(word))  # tail "ing": a gerund used as a noun ("barings")
     text = " ".join(["grab", *sorted(forms), word, "quickly"])
     masked = mask_phrases(text, [f"{word}:old"], M, merge=False)
