@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {value:.4g}")
         processor.save_pretrained(model_dir)
         print(f"model saved to {model_dir}")
+    # Several processes: end the process group before exiting (without it gloo aborts at exit now and then,
+    # "terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ def test_word_forms_add_regular_plurals_the_dictionary_lacks():
     assert masked == "[MASK] [MASK] in the bin, two overs"
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)  # the same examples in every run: CI stays decidable
+@settings(max_examples=200, deadline=None)
 @given(st.text(alphabet="bcdfghklmnprstvz", min_size=1, max_size=3), st.sampled_from(["a", "e", "i", "o", "u"]),
        st.sampled_from(["", "y", "o", "f", "fe", "s", "x", "ch", "sh", "ing"]))  # fmt: skip
 def test_unseen_words_lose_every_regular_plural(head, vowel, tail):
