@@ -6,18 +6,39 @@ transformers' Auto classes), several seconds on a small machine. ``mambavl --hel
 top, as the module ``mambavl.cli``; the package is imported when a command runs (``from . import ...`` in the
 command's function). ``python -m mambavl.cli`` (for ``torchrun`` / ``accelerate launch``) runs the same code after a
 normal import.
+
+It also holds what those standard-library-only modules share: the argparse number types (:func:`positive_int`).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-__all__ = ["light_module", "main"]
+__all__ = ["checked_number", "light_module", "main", "positive_int"]
+
+
+def checked_number(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Any:
+    """``convert(text)`` when it parses and passes ``ok``, else argparse's error "expected <expected>, got <text>"
+    (argparse names the option in its error)."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``mambavl``'s and ``mambavl stream``'s counts)."""
+    return checked_number(text, int, lambda value: value >= 1, "a positive integer")
 
 
 def light_module(name: str) -> ModuleType:

@@ -24,7 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from _mambavl_cli import light_module as _sibling  # standard library only: see there
+from _mambavl_cli import checked_number as _checked_number  # standard library only: see there
+from _mambavl_cli import light_module as _sibling
+from _mambavl_cli import positive_int as _positive_int
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -69,23 +71,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if isinstance(action, argparse._StoreTrueAction):
             return f"{text} (default: off)".strip()
         return f"{text} (default: %(default)s)".strip()
-
-
-def _checked_number(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Any:
-    """``convert(text)`` when it parses and passes ``ok``, else argparse's error "expected <expected>, got <text>"
-    (argparse names the option in its error)."""
-    try:
-        value = convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _checked_number(text, int, lambda value: value >= 1, "a positive integer")
 
 
 def _non_negative_int(text: str) -> int:

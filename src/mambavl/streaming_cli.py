@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _mambavl_cli import positive_int as _positive_int  # standard library only
+
 __all__ = [
     "add_online_evaluate_arguments",
     "add_stream_parser",
@@ -34,17 +36,6 @@ DEMO_WINDOW, DEMO_STRIDE, DEMO_LONG_VIDEOS, DEMO_SEGMENTS = 16, 4, 3, 30
 
 
 # ---------------------------------------------------------------------------------------------------- shared helpers
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse's error names the option), as ``mambavl.cli``'s options have."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _add_streamer_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("streaming")
     g.add_argument(
